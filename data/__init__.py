@@ -1,0 +1,1 @@
+"""Data: dataset loaders (datasets/), records, samplers, transforms and loader building."""

@@ -1,0 +1,118 @@
+"""Batch samplers: PK (identity-balanced) and plain random batches, seeded, epoch-aware, rank-sharded.
+
+Both yield lists of dataset indices, one list per batch for *this* process. The global batch of
+`batch_size` images is built identically on every rank from (seed, epoch) and each rank takes its slice,
+so one process and N processes see the same global batches.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from config.errors import ConfigError
+
+
+class _EpochSeeded(Sampler):
+    def __init__(self, seed: int, rank: int, world_size: int):
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Batches of epoch e are a function of (seed, e) only: this is what makes resume exact."""
+        self.epoch = epoch
+
+    def _rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch])
+
+
+class PKBatchSampler(_EpochSeeded):
+    """P identities x K images per batch (Hermans et al., "In Defense of the Triplet Loss", 2017).
+
+    Each epoch every identity's images are shuffled and cut into groups of K (an identity with fewer than K
+    images is drawn with replacement up to K; a remainder shorter than K is dropped, as in
+    reid-strong-baseline). A batch takes one group from each of P distinct identities, chosen uniformly among
+    the identities that still have groups; identities that ran out are refilled. The number of batches per
+    epoch is fixed: (number of groups) // P.
+    """
+
+    def __init__(self, labels: list[int], batch_size: int, num_instances: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        super().__init__(seed, rank, world_size)
+        if batch_size % num_instances:
+            raise ConfigError(f"SOLVER.IMS_PER_BATCH = {batch_size} is not a multiple of DATALOADER.NUM_INSTANCE = {num_instances}")
+        self.k = num_instances
+        self.p = batch_size // num_instances
+        if self.p % world_size:
+            raise ConfigError(
+                f"{self.p} identities per batch (SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE) cannot be split "
+                f"evenly over {world_size} processes"
+            )
+        by_label: dict[int, list[int]] = defaultdict(list)
+        for index, label in enumerate(labels):
+            by_label[label].append(index)
+        self.labels = sorted(by_label)
+        self.index_of = {label: np.asarray(by_label[label]) for label in self.labels}
+        if len(self.labels) < self.p:
+            raise ConfigError(
+                f"a PK batch needs {self.p} identities (SOLVER.IMS_PER_BATCH {batch_size} / DATALOADER.NUM_INSTANCE "
+                f"{num_instances}) but the training set has only {len(self.labels)}"
+            )
+        self.groups_per_label = {lb: max(len(ix), self.k) // self.k for lb, ix in self.index_of.items()}
+        self.num_batches = max(1, sum(self.groups_per_label.values()) // self.p)
+
+    def _groups(self, label: int, rng: np.random.Generator) -> list[np.ndarray]:
+        indices = self.index_of[label]
+        if len(indices) < self.k:
+            indices = rng.choice(indices, size=self.k, replace=True)
+        else:
+            indices = rng.permutation(indices)
+        n = len(indices) // self.k
+        return [indices[i * self.k:(i + 1) * self.k] for i in range(n)]
+
+    def __iter__(self):
+        rng = self._rng()
+        pending = {label: self._groups(label, rng) for label in self.labels}
+        share = self.p // self.world_size
+        for _ in range(self.num_batches):
+            available = [lb for lb in self.labels if pending[lb]]
+            if len(available) >= self.p:
+                chosen = list(rng.choice(available, size=self.p, replace=False))
+            else:
+                others = [lb for lb in self.labels if not pending[lb]]
+                chosen = available + list(rng.choice(others, size=self.p - len(available), replace=False))
+            groups = []
+            for label in chosen:
+                if not pending[label]:
+                    pending[label] = self._groups(label, rng)
+                groups.append(pending[label].pop())
+            mine = groups[self.rank * share:(self.rank + 1) * share]
+            yield [int(i) for group in mine for i in group]
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+class RandomBatchSampler(_EpochSeeded):
+    """Shuffled batches of `batch_size` images (the last incomplete batch dropped), sharded by rank."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        super().__init__(seed, rank, world_size)
+        if batch_size % world_size:
+            raise ConfigError(f"SOLVER.IMS_PER_BATCH = {batch_size} cannot be split evenly over {world_size} processes")
+        if num_items < batch_size:
+            raise ConfigError(f"SOLVER.IMS_PER_BATCH = {batch_size} is larger than the training set ({num_items} images)")
+        self.num_items, self.batch_size = num_items, batch_size
+        self.num_batches = num_items // batch_size
+
+    def __iter__(self):
+        order = self._rng().permutation(self.num_items)
+        share = self.batch_size // self.world_size
+        for b in range(self.num_batches):
+            batch = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield [int(i) for i in batch[self.rank * share:(self.rank + 1) * share]]
+
+    def __len__(self) -> int:
+        return self.num_batches

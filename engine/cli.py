@@ -1,0 +1,69 @@
+"""What train.py and test.py share: the command line, the process group, and one-line user errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable
+
+import ignite.distributed as idist
+import torch
+
+from config import UserError, load_config
+
+
+def parse_command_line(description: str, with_resume: bool, argv: list[str] | None = None) -> argparse.Namespace:
+    """`--config_file FILE [--resume PATH] KEY VALUE ...` (the reid-strong-baseline grammar)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config_file", default="", help="YAML experiment file (keys of config/defaults.py)")
+    if with_resume:
+        parser.add_argument("--resume", default=None, metavar="PATH",
+                            help="continue from a checkpoint .pt, or from an OUTPUT_DIR's latest checkpoint")
+    parser.add_argument("opts", nargs="*", metavar="KEY VALUE", help="pairs overriding the file's keys")
+    args, extra = parser.parse_known_args(argv)
+    # Options may follow the KEY VALUE pairs: argparse leaves what it did not place in `extra`.
+    unknown = [a for a in extra if a.startswith("--")]
+    if unknown:
+        raise UserError(f"unknown option {unknown[0]}; expected --config_file FILE"
+                        f"{' [--resume PATH]' if with_resume else ''} followed by KEY VALUE pairs")
+    args.opts = list(args.opts) + extra
+    return args
+
+
+def _backend() -> str | None:
+    """torchrun sets WORLD_SIZE: then NCCL on CUDA machines, Gloo otherwise; one process needs none."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    return None
+
+
+def user_message(error: BaseException) -> str:
+    """The user's part of an error message: a DataLoader worker wraps it in its own traceback text,
+    whose last line is the original error."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        for prefix in (f"{type(error).__module__}.{type(error).__name__}: ", f"{type(error).__name__}: "):
+            if last.startswith(prefix):
+                last = last[len(prefix):]
+        return last
+    return text or type(error).__name__
+
+
+def run_entry_point(job: Callable, description: str, with_resume: bool) -> None:
+    """Parse the command line, load the config, run `job(cfg, args)` in the process group; exit 2 on a
+    user error with one line on stderr."""
+    logging.getLogger("ignite.distributed").setLevel(logging.WARNING)
+    try:
+        args = parse_command_line(description, with_resume)
+        cfg = load_config(args.config_file, args.opts)
+        with idist.Parallel(backend=_backend()) as parallel:
+            parallel.run(lambda local_rank: job(cfg, args))
+    except UserError as error:
+        print(f"error: {user_message(error)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; checkpoints written so far are kept", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,93 @@
+"""Loading weights from local files, with errors that name the mismatching tensors. Nothing downloads."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from config.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+class WeightsMismatchError(UserError):
+    """A weights file whose tensors do not fit the model built from the config."""
+
+
+def read_weights_file(path: str | Path) -> dict:
+    """torch.load a local file on the CPU, or raise UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which, keep the reason
+        raise UserError(f"cannot read weights file {path}: {err}") from None
+
+
+def _strip_prefix(state: dict, prefix: str) -> dict:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_checked(module: nn.Module, state: dict, source: str, what: str) -> None:
+    """Load `state` into `module` strictly; on any mismatch raise one error listing the first ones."""
+    state = _strip_prefix(state, "module.")
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)} expected"
+        for k in expected
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if items:
+                more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+                parts.append(f"{label}: {', '.join(items[:3])}{more}")
+        raise WeightsMismatchError(f"{source} does not fit {what}: " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)
+
+
+def default_imagenet_path(weights_file: str) -> Path:
+    """torchvision's cache location of an ImageNet file (used only when it is already there)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / weights_file
+
+
+def load_imagenet_backbone(backbone: nn.Module, path: str) -> None:
+    """torchvision-format ImageNet weights into the backbone; the classifier (fc.*) is dropped."""
+    if not path:
+        candidate = default_imagenet_path(backbone.weights_file)
+        if not candidate.is_file():
+            raise UserError(
+                f"MODEL.PRETRAIN_CHOICE 'imagenet' needs MODEL.PRETRAIN_PATH, a local file of torchvision's ImageNet "
+                f"weights ({backbone.weights_file}); nothing is downloaded. Looked in {candidate}. "
+                "Use MODEL.PRETRAIN_CHOICE none to train from scratch"
+            )
+        path = str(candidate)
+    state = read_weights_file(path)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    state = {k: v for k, v in _strip_prefix(state, "module.").items() if not k.startswith("fc.")}
+    load_checked(backbone, state, f"MODEL.PRETRAIN_PATH {path}", f"the backbone MODEL.NAME")
+    logger.info("Loaded ImageNet weights from %s", path)
+
+
+def model_state_from_checkpoint(path: str | Path) -> dict:
+    """The model's state dict from one of our checkpoints (periodic .pt or best.pt)."""
+    content = read_weights_file(path)
+    if isinstance(content, dict) and isinstance(content.get("model"), dict):
+        return content["model"]
+    raise UserError(f"{path} is not a checkpoint of this engine (no 'model' entry); expected a .pt written by train.py")
+
+
+def load_model_checkpoint(model: nn.Module, path: str | Path, key: str) -> None:
+    """Our checkpoint's model weights into `model`; `key` names the config key that pointed at it."""
+    load_checked(model, model_state_from_checkpoint(path), f"{key} {path}", "the model built from this config")
+    logger.info("Loaded model weights from %s", path)

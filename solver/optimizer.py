@@ -1,0 +1,53 @@
+"""Optimizer with named parameter groups: backbone, bias, neck, loss."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from config.errors import check_choice
+
+OPTIMIZERS = ("Adam", "AdamW", "SGD")
+
+
+def parameter_groups(cfg, model: nn.Module, criterion: nn.Module) -> list[dict]:
+    """Trainable parameters split into named groups with their own lr and weight decay.
+
+    - backbone: weights of the backbone (and anything else in the model that is not a bias or the neck);
+      SOLVER.BASE_LR, SOLVER.WEIGHT_DECAY
+    - bias: every bias; BASE_LR * BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS
+    - neck: BNNeck scale; BASE_LR, WEIGHT_DECAY_NECK
+    - loss: learnable loss parameters (classifier weights); BASE_LR, WEIGHT_DECAY_NECK
+    Frozen parameters (the BNNeck bias) are left out. Empty groups are dropped.
+    """
+    s = cfg.SOLVER
+    groups = {
+        "backbone": {"params": [], "lr": s.BASE_LR, "weight_decay": s.WEIGHT_DECAY},
+        "bias": {"params": [], "lr": s.BASE_LR * s.BIAS_LR_FACTOR, "weight_decay": s.WEIGHT_DECAY_BIAS},
+        "neck": {"params": [], "lr": s.BASE_LR, "weight_decay": s.WEIGHT_DECAY_NECK},
+        "loss": {"params": [], "lr": s.BASE_LR, "weight_decay": s.WEIGHT_DECAY_NECK},
+    }
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.endswith("bias"):
+            groups["bias"]["params"].append(param)
+        elif name.startswith("neck."):
+            groups["neck"]["params"].append(param)
+        else:
+            groups["backbone"]["params"].append(param)
+    for name, param in criterion.named_parameters():
+        if param.requires_grad:
+            groups["bias" if name.endswith("bias") else "loss"]["params"].append(param)
+    return [dict(group, name=name) for name, group in groups.items() if group["params"]]
+
+
+def build_optimizer(cfg, model: nn.Module, criterion: nn.Module) -> torch.optim.Optimizer:
+    """SOLVER.OPTIMIZER_NAME over the named groups of `parameter_groups`."""
+    check_choice("SOLVER.OPTIMIZER_NAME", cfg.SOLVER.OPTIMIZER_NAME, OPTIMIZERS)
+    groups = parameter_groups(cfg, model, criterion)
+    if cfg.SOLVER.OPTIMIZER_NAME == "SGD":
+        return torch.optim.SGD(groups, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
+    if cfg.SOLVER.OPTIMIZER_NAME == "AdamW":
+        return torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR)
+    return torch.optim.Adam(groups, lr=cfg.SOLVER.BASE_LR)
