@@ -77,7 +77,7 @@ def resolve_resume_path(path: str | Path) -> Path:
 
 def load_training_state(path: Path, to_load: dict) -> None:
     """Restore every object of `to_load` from a full-state checkpoint, naming what does not fit."""
-    content = read_weights_file(path)
+    content = read_weights_file(path, "--resume")
     if not isinstance(content, dict):
         raise UserError(f"--resume {path} is not a checkpoint of this engine")
     missing = [name for name in to_load if name not in content]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from typing import Callable
@@ -55,12 +54,15 @@ def user_message(error: BaseException) -> str:
 def run_entry_point(job: Callable, description: str, with_resume: bool) -> None:
     """Parse the command line, load the config, run `job(cfg, args)` in the process group; exit 2 on a
     user error with one line on stderr."""
-    logging.getLogger("ignite.distributed").setLevel(logging.WARNING)
     try:
         args = parse_command_line(description, with_resume)
         cfg = load_config(args.config_file, args.opts)
-        with idist.Parallel(backend=_backend()) as parallel:
-            parallel.run(lambda local_rank: job(cfg, args))
+        backend = _backend()
+        if backend is None:
+            job(cfg, args)  # one process: no process group to set up
+        else:
+            with idist.Parallel(backend=backend) as parallel:
+                parallel.run(lambda local_rank: job(cfg, args))
     except UserError as error:
         print(f"error: {user_message(error)}", file=sys.stderr)
         sys.exit(2)

@@ -21,9 +21,11 @@ logger = logging.getLogger("test")
 
 
 def run_test(cfg) -> dict:
-    """Evaluate TEST.WEIGHT on the test split of DATASETS.NAMES; writes OUTPUT_DIR/test_metrics.json."""
-    if not cfg.TEST.WEIGHT:
-        raise UserError("test.py needs TEST.WEIGHT, the path of a checkpoint written by train.py (e.g. OUTPUT_DIR/best.pt)")
+    """Evaluate TEST.WEIGHT on the test split of DATASETS.NAMES; writes OUTPUT_DIR/test_metrics.json.
+
+    With TEST.WEIGHT empty the model is evaluated as MODEL.PRETRAIN_CHOICE builds it (random, ImageNet or
+    MODEL.PRETRAIN_PATH), which is how the untrained baseline of a recipe is measured.
+    """
     output_dir = Path(cfg.OUTPUT_DIR)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -33,8 +35,14 @@ def run_test(cfg) -> dict:
     save_config(cfg, output_dir, "test_config.yaml")
     device = resolve_device(cfg.MODEL.DEVICE)
     precision = resolve_precision(cfg.SOLVER.AMP, device)
-    model = build_model(cfg, load_pretrained=False)
-    load_model_checkpoint(model, cfg.TEST.WEIGHT, "TEST.WEIGHT")
+    if cfg.TEST.WEIGHT:
+        model = build_model(cfg, load_pretrained=False)
+        load_model_checkpoint(model, cfg.TEST.WEIGHT, "TEST.WEIGHT")
+    else:
+        # No checkpoint: evaluate the model as MODEL.PRETRAIN_CHOICE builds it (the untrained baseline).
+        logger.warning("TEST.WEIGHT is empty: evaluating the model as MODEL.PRETRAIN_CHOICE %r builds it",
+                       cfg.MODEL.PRETRAIN_CHOICE)
+        model = build_model(cfg)
     model.to(device)
     data = build_data(cfg, with_train=False)
     evaluator = build_evaluator(cfg, model, precision, device, data.num_query)
@@ -45,6 +53,6 @@ def run_test(cfg) -> dict:
     logger.info("Test on %s with %s (%.1f s): %s", data.splits.name, cfg.TEST.WEIGHT, seconds, format_metrics(metrics))
     cmc = metrics["cmc"]
     logger.info("CMC curve: %s", "  ".join(f"R{k}: {100 * cmc[k - 1]:.1f}%" for k in (1, 5, 10, 20, 50) if k <= len(cmc)))
-    record = {"weight": str(cfg.TEST.WEIGHT), "dataset": data.splits.name, **metrics, "eval_seconds": round(seconds, 3)}
+    record = {"weight": str(cfg.TEST.WEIGHT) or f"untrained ({cfg.MODEL.PRETRAIN_CHOICE})", "dataset": data.splits.name, **metrics, "eval_seconds": round(seconds, 3)}
     atomic_write_text(output_dir / "test_metrics.json", json.dumps(record, indent=2))
     return record

@@ -32,7 +32,8 @@ class BatchHardTripletLoss(nn.Module):
         self.margin = margin
 
     def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        dist = euclidean_distances(feats.float())
+        # fp16/bf16 are raised to fp32 (losses compute in fp32); float64 stays float64
+        dist = euclidean_distances(feats if feats.dtype == torch.float64 else feats.float())
         same = labels[:, None] == labels[None, :]
         eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
         pos_mask, neg_mask = same & ~eye, ~same

@@ -17,15 +17,15 @@ class WeightsMismatchError(UserError):
     """A weights file whose tensors do not fit the model built from the config."""
 
 
-def read_weights_file(path: str | Path) -> dict:
-    """torch.load a local file on the CPU, or raise UserError naming it."""
+def read_weights_file(path: str | Path, what: str = "weights file") -> dict:
+    """torch.load a local file on the CPU, or raise UserError naming it (`what`: the key that named it)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"weights file {path} does not exist")
+        raise UserError(f"{what} {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which, keep the reason
-        raise UserError(f"cannot read weights file {path}: {err}") from None
+        raise UserError(f"cannot read {what} {path}: {err}") from None
 
 
 def _strip_prefix(state: dict, prefix: str) -> dict:
@@ -71,23 +71,23 @@ def load_imagenet_backbone(backbone: nn.Module, path: str) -> None:
                 "Use MODEL.PRETRAIN_CHOICE none to train from scratch"
             )
         path = str(candidate)
-    state = read_weights_file(path)
+    state = read_weights_file(path, "MODEL.PRETRAIN_PATH")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     state = {k: v for k, v in _strip_prefix(state, "module.").items() if not k.startswith("fc.")}
-    load_checked(backbone, state, f"MODEL.PRETRAIN_PATH {path}", f"the backbone MODEL.NAME")
+    load_checked(backbone, state, f"MODEL.PRETRAIN_PATH {path}", "the backbone of MODEL.NAME")
     logger.info("Loaded ImageNet weights from %s", path)
 
 
-def model_state_from_checkpoint(path: str | Path) -> dict:
+def model_state_from_checkpoint(path: str | Path, key: str = "checkpoint") -> dict:
     """The model's state dict from one of our checkpoints (periodic .pt or best.pt)."""
-    content = read_weights_file(path)
+    content = read_weights_file(path, key)
     if isinstance(content, dict) and isinstance(content.get("model"), dict):
         return content["model"]
-    raise UserError(f"{path} is not a checkpoint of this engine (no 'model' entry); expected a .pt written by train.py")
+    raise UserError(f"{key} {path} is not a checkpoint of this engine (no 'model' entry); expected a .pt written by train.py")
 
 
 def load_model_checkpoint(model: nn.Module, path: str | Path, key: str) -> None:
     """Our checkpoint's model weights into `model`; `key` names the config key that pointed at it."""
-    load_checked(model, model_state_from_checkpoint(path), f"{key} {path}", "the model built from this config")
+    load_checked(model, model_state_from_checkpoint(path, key), f"{key} {path}", "the model built from this config")
     logger.info("Loaded model weights from %s", path)

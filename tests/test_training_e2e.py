@@ -1,0 +1,187 @@
+"""End to end on a tiny Market-1501 tree: outputs, determinism, exact resume, test.py, and user errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from config import ConfigError, UserError, load_config
+from data.image_dataset import UnreadableImageError
+from engine.testing import run_test
+from engine.training import NonFiniteLossError, train
+from market_tree import make_market_tree
+from modeling.weights import WeightsMismatchError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def market_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    make_market_tree(root, train_ids=6, test_ids=5, images_per_id=4, cameras=3, size=(32, 16), seed=0)
+    return root
+
+
+def tiny_opts(root, out, **overrides):
+    opts = {
+        "MODEL.NAME": "resnet18", "MODEL.PRETRAIN_CHOICE": "none", "DATASETS.ROOT_DIR": str(root),
+        "INPUT.SIZE_TRAIN": "[32, 16]", "INPUT.SIZE_TEST": "[32, 16]", "SOLVER.IMS_PER_BATCH": "8",
+        "DATALOADER.NUM_INSTANCE": "2", "DATALOADER.NUM_WORKERS": "0", "SOLVER.MAX_EPOCHS": "3",
+        "SOLVER.EVAL_PERIOD": "2", "SOLVER.CHECKPOINT_PERIOD": "2", "SOLVER.WARMUP_ITERS": "1",
+        "SOLVER.LOG_PERIOD": "1", "OUTPUT_DIR": str(out), "TEST.IMS_PER_BATCH": "16",
+    }
+    opts.update(overrides)
+    return [item for pair in opts.items() for item in pair]
+
+
+def read_metrics(out):
+    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    for r in records:
+        r.pop("eval_seconds")
+    return records
+
+
+@pytest.fixture(scope="module")
+def finished_run(market_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    train(load_config(None, tiny_opts(market_root, out)))
+    return out
+
+
+def test_run_writes_every_output(finished_run):
+    out = finished_run
+    saved = load_config(out / "config.yaml", [])  # the merged config is a valid experiment file
+    assert saved.MODEL.NAME == "resnet18" and saved.SOLVER.MAX_EPOCHS == 3
+    log = (out / "log.txt").read_text()
+    assert "Epoch[1] done" in log and "Validation at epoch 3" in log and "# ids" in log
+    records = read_metrics(out)
+    assert [r["epoch"] for r in records] == [2, 3]
+    for key in ("rank1", "rank5", "rank10", "mAP", "mINP", "cmc", "best_mAP"):
+        assert key in records[0]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_2.pt", "checkpoint_3.pt"]
+    checkpoint = torch.load(out / "checkpoints/checkpoint_3.pt", weights_only=True)
+    assert set(checkpoint) == {"model", "loss", "optimizer", "scheduler", "scaler", "trainer", "best"}
+    assert checkpoint["trainer"]["iteration"] == 3 * checkpoint["trainer"]["epoch_length"]
+    best = torch.load(out / "best.pt", weights_only=False)
+    best_record = max(records, key=lambda r: r["mAP"])
+    assert best["epoch"] == best_record["epoch"]
+    assert best["metrics"]["mAP"] == pytest.approx(best_record["mAP"])
+
+
+def test_same_seed_gives_identical_metrics(market_root, finished_run, tmp_path):
+    train(load_config(None, tiny_opts(market_root, tmp_path / "again")))
+    assert read_metrics(tmp_path / "again") == read_metrics(finished_run)
+    a = torch.load(finished_run / "checkpoints/checkpoint_3.pt", weights_only=True)
+    b = torch.load(tmp_path / "again/checkpoints/checkpoint_3.pt", weights_only=True)
+    for part in ("model", "loss"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_resume_matches_uninterrupted_run(market_root, tmp_path, workers):
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(load_config(None, tiny_opts(market_root, full, **{"DATALOADER.NUM_WORKERS": workers})))
+    train(load_config(None, tiny_opts(market_root, part, **{"DATALOADER.NUM_WORKERS": workers,
+                                                              "SOLVER.MAX_EPOCHS": "1", "SOLVER.CHECKPOINT_PERIOD": "1"})))
+    train(load_config(None, tiny_opts(market_root, part, **{"DATALOADER.NUM_WORKERS": workers})), resume=str(part))
+    # best_* may differ: the interrupted run also evaluated after its last epoch (1)
+    strip = lambda r: {k: v for k, v in r.items() if not k.startswith("best")}
+    assert strip(read_metrics(part)[-1]) == strip(read_metrics(full)[-1])
+    a = torch.load(full / "checkpoints/checkpoint_3.pt", weights_only=True)
+    b = torch.load(part / "checkpoints/checkpoint_3.pt", weights_only=True)
+    for name in ("model", "loss"):
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name])
+    assert a["optimizer"]["state"][0]["step"] == b["optimizer"]["state"][0]["step"]
+
+
+def test_resume_of_a_finished_run_and_reuse_of_a_folder_are_refused(market_root, finished_run):
+    with pytest.raises(UserError, match="already finished epoch 3"):
+        train(load_config(None, tiny_opts(market_root, finished_run)), resume=str(finished_run))
+    with pytest.raises(UserError, match="already holds a run"):
+        train(load_config(None, tiny_opts(market_root, finished_run)))
+    with pytest.raises(UserError, match="no such file"):
+        train(load_config(None, tiny_opts(market_root, finished_run)), resume=str(finished_run / "nope.pt"))
+
+
+def test_test_py_reproduces_the_best_evaluation(market_root, finished_run, tmp_path):
+    opts = tiny_opts(market_root, tmp_path / "test", **{"TEST.WEIGHT": str(finished_run / "best.pt")})
+    result = run_test(load_config(None, opts))
+    best = max(read_metrics(finished_run), key=lambda r: r["mAP"])
+    for key in ("rank1", "rank5", "mAP", "mINP"):
+        assert result[key] == pytest.approx(best[key], abs=1e-9)
+    saved = json.loads((tmp_path / "test/test_metrics.json").read_text())
+    assert saved["mAP"] == pytest.approx(result["mAP"])
+
+
+def test_checkpoint_that_does_not_fit_names_the_mismatch(market_root, finished_run, tmp_path):
+    opts = tiny_opts(market_root, tmp_path / "t", **{"TEST.WEIGHT": str(finished_run / "best.pt"), "MODEL.NAME": "resnet34"})
+    with pytest.raises(WeightsMismatchError, match="TEST.WEIGHT.*(missing|unexpected)"):
+        run_test(load_config(None, opts))
+    with pytest.raises(UserError, match="TEST.WEIGHT .*nope.pt"):
+        run_test(load_config(None, tiny_opts(market_root, tmp_path / "t2", **{"TEST.WEIGHT": str(tmp_path / "nope.pt")})))
+
+
+def test_test_py_without_weight_evaluates_the_untrained_model(market_root, tmp_path):
+    result = run_test(load_config(None, tiny_opts(market_root, tmp_path / "untrained")))
+    assert result["weight"] == "untrained (none)" and 0.0 < result["mAP"] <= 1.0
+
+
+def test_bf16_autocast_on_cpu_trains_and_fp16_is_refused(market_root, tmp_path):
+    result = train(load_config(None, tiny_opts(market_root, tmp_path / "bf16", **{"SOLVER.AMP": "bf16", "SOLVER.MAX_EPOCHS": "1"})))
+    assert 0.0 <= result["mAP"] <= 1.0
+    with pytest.raises(ConfigError, match="fp16"):
+        train(load_config(None, tiny_opts(market_root, tmp_path / "fp16", **{"SOLVER.AMP": "fp16"})))
+
+
+def test_nan_loss_stops_training_with_a_clear_error(market_root, tmp_path, monkeypatch):
+    from layers.triplet import BatchHardTripletLoss
+
+    monkeypatch.setattr(BatchHardTripletLoss, "forward", lambda self, f, y: f.sum() * float("nan"))
+    with pytest.raises(NonFiniteLossError, match="loss became nan at epoch 1"):
+        train(load_config(None, tiny_opts(market_root, tmp_path / "nan")))
+
+
+def test_unreadable_image_is_named(market_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "broken"
+    shutil.copytree(market_root, root)
+    victim = sorted((root / "market1501/bounding_box_train").glob("0*.jpg"))[0]
+    victim.write_bytes(b"not a jpeg")
+    with pytest.raises(UnreadableImageError, match=victim.name):
+        train(load_config(None, tiny_opts(root, tmp_path / "out")))
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_missing_dataset_and_unreadable_image_exit_without_traceback(market_root, tmp_path):
+    proc = run_cli("train.py", *tiny_opts(tmp_path / "nowhere", tmp_path / "o1"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert str(tmp_path / "nowhere" / "market1501") in proc.stderr and "bounding_box_train" in proc.stderr
+
+    import shutil
+
+    root = tmp_path / "broken"
+    shutil.copytree(market_root, root)
+    victim = sorted((root / "market1501/query").glob("*.jpg"))[0]
+    victim.write_bytes(b"garbage")
+    proc = run_cli("train.py", *tiny_opts(root, tmp_path / "o2", **{"DATALOADER.NUM_WORKERS": "1", "SOLVER.MAX_EPOCHS": "2"}))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and victim.name in proc.stderr
+
+
+def test_cli_train_then_test(market_root, tmp_path):
+    out = tmp_path / "cli"
+    proc = run_cli("train.py", "--config_file", "configs/softmax_triplet.yml",
+                   *tiny_opts(market_root, out, **{"SOLVER.MAX_EPOCHS": "1"}))
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("test.py", "--config_file", str(out / "config.yaml"), "TEST.WEIGHT", str(out / "best.pt"),
+                   "OUTPUT_DIR", str(tmp_path / "cli_test"))
+    assert proc.returncode == 0, proc.stderr
+    assert "mAP" in proc.stdout and (tmp_path / "cli_test/test_metrics.json").is_file()
