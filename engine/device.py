@@ -28,3 +28,16 @@ def distribute(module: nn.Module, device: torch.device) -> nn.Module:
         device_ids = [device.index] if device.type == "cuda" else None
         module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
     return module
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    """Copy rank 0's buffers (BN running statistics) to every rank.
+
+    DistributedDataParallel broadcasts them at the start of each forward, so after the last training step
+    each rank holds statistics updated by its own batch; evaluation must use the ones rank 0 saves.
+    """
+    if idist.get_world_size() == 1:
+        return
+    with torch.no_grad():
+        for buffer in module.buffers():
+            buffer.copy_(idist.broadcast(buffer, src=0))

@@ -16,7 +16,7 @@ from config import UserError, changed_keys
 from data.build import build_data
 from engine.checkpointing import (BestScore, build_checkpointer, load_training_state, resolve_resume_path,
                                   save_best_model)
-from engine.device import distribute, resolve_device
+from engine.device import broadcast_buffers, distribute, resolve_device
 from engine.evaluator import build_evaluator
 from engine.methods import build_standard_trainer
 from engine.precision import resolve_precision
@@ -134,6 +134,7 @@ def train(cfg, resume: str | None = None) -> dict:
     @trainer.on(Events.EPOCH_COMPLETED(event_filter=_every(cfg.SOLVER.EVAL_PERIOD, max_epochs)))
     def _evaluate(engine: Engine) -> None:
         start = time.perf_counter()
+        broadcast_buffers(model)
         evaluator.run(data.eval_loader)
         metrics = evaluator.state.metrics["reid"]
         seconds = time.perf_counter() - start
