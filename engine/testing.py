@@ -50,9 +50,10 @@ def run_test(cfg) -> dict:
     evaluator.run(data.eval_loader)
     metrics = evaluator.state.metrics["reid"]
     seconds = time.perf_counter() - start
-    logger.info("Test on %s with %s (%.1f s): %s", data.splits.name, cfg.TEST.WEIGHT, seconds, format_metrics(metrics))
+    weight = str(cfg.TEST.WEIGHT) or f"untrained ({cfg.MODEL.PRETRAIN_CHOICE})"
+    logger.info("Test on %s with %s (%.1f s): %s", data.splits.name, weight, seconds, format_metrics(metrics))
     cmc = metrics["cmc"]
     logger.info("CMC curve: %s", "  ".join(f"R{k}: {100 * cmc[k - 1]:.1f}%" for k in (1, 5, 10, 20, 50) if k <= len(cmc)))
-    record = {"weight": str(cfg.TEST.WEIGHT) or f"untrained ({cfg.MODEL.PRETRAIN_CHOICE})", "dataset": data.splits.name, **metrics, "eval_seconds": round(seconds, 3)}
+    record = {"weight": weight, "dataset": data.splits.name, **metrics, "eval_seconds": round(seconds, 3)}
     atomic_write_text(output_dir / "test_metrics.json", json.dumps(record, indent=2))
     return record

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data.datasets.market1501 import load_market_layout
+from data.datasets.market1501 import DatasetLayoutError, load_market_layout
 from data.demo_generator import ensure_demo_market
 from data.records import DatasetSplits
 
@@ -16,5 +16,8 @@ def demo_folder(root_dir: str | Path, seed: int) -> Path:
 
 def load_demo(root_dir: str | Path, combine_all: bool = False, demo_seed: int = 0, **_) -> DatasetSplits:
     """Generate (once, cached) and read the demo dataset under `root_dir`."""
-    folder = ensure_demo_market(demo_folder(root_dir, demo_seed), seed=demo_seed)
+    try:
+        folder = ensure_demo_market(demo_folder(root_dir, demo_seed), seed=demo_seed)
+    except ValueError as err:  # a foreign or differently generated folder: never overwritten
+        raise DatasetLayoutError(str(err)) from None
     return load_market_layout(Path(folder), "demo", combine_all)
