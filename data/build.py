@@ -31,10 +31,6 @@ class DataBundle:
     num_query: int
     num_classes: int
 
-    @property
-    def eval_records(self):
-        return self.splits.query + self.splits.gallery
-
 
 def build_train_loader(cfg, splits: DatasetSplits) -> DataLoader:
     """The training loader: PK or random batches, seeded by SEED and the epoch (see set_epoch)."""

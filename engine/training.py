@@ -89,8 +89,12 @@ def _attach_progress(cfg, trainer: Engine, part_names: tuple[str, ...], optimize
 
 def train(cfg, resume: str | None = None) -> dict:
     """Train per `cfg` (optionally resuming), evaluating every SOLVER.EVAL_PERIOD; returns the last metrics."""
-    output_dir = prepare_output_dir(cfg.OUTPUT_DIR, resuming=resume is not None)
+    resume_path = resolve_resume_path(resume) if resume is not None else None  # before anything is written
+    output_dir = prepare_output_dir(cfg.OUTPUT_DIR, resuming=resume_path is not None)
     setup_logging(output_dir)
+    if resume_path is not None and output_dir.resolve() not in resume_path.resolve().parents:
+        logger.warning("Resuming from %s, which is not under OUTPUT_DIR %s: the continued run writes to the latter",
+                       resume_path, output_dir)
     log_config_changes(cfg)
     save_config(cfg, output_dir)
     seed_everything(cfg.SEED)
@@ -154,11 +158,10 @@ def train(cfg, resume: str | None = None) -> dict:
         build_checkpointer(output_dir / "checkpoints", to_save),
     )
 
-    if resume is not None:
-        path = resolve_resume_path(resume)
-        load_training_state(path, to_save)
+    if resume_path is not None:
+        load_training_state(resume_path, to_save)
         if trainer.state.epoch >= max_epochs:
-            raise UserError(f"--resume {path}: that run already finished epoch {trainer.state.epoch} of "
+            raise UserError(f"--resume {resume_path}: that run already finished epoch {trainer.state.epoch} of "
                             f"SOLVER.MAX_EPOCHS {max_epochs}; raise SOLVER.MAX_EPOCHS to train further")
 
     trainer.run(data.train_loader, max_epochs=max_epochs)
