@@ -16,13 +16,23 @@ class Record(NamedTuple):
 
 @dataclass
 class DatasetSplits:
-    """The three splits of a benchmark. Train labels are contiguous 0..C-1; query/gallery keep raw ids."""
+    """The splits of a benchmark. Train labels are contiguous 0..C-1; query/gallery keep raw ids.
+
+    protocol: 'reid' (query vs gallery, same-id-same-camera gallery items removed, CMC/mAP/mINP) or
+    'retrieval' (Recall@K, MAP@R, NMI). query_is_gallery: the query set is also the gallery (CUB, Cars,
+    SOP, VehicleID retrieval); `gallery` then holds the same list and each query is excluded from its own
+    gallery by index. recall_ks: the dataset's customary K list. extra_trials: further (query, gallery)
+    draws of a randomised protocol (VehicleID re-ID); the reported numbers are the mean over all trials.
+    """
 
     name: str
     train: list[Record]
     query: list[Record]
     gallery: list[Record]
     protocol: str = "reid"
+    query_is_gallery: bool = False
+    recall_ks: tuple[int, ...] = (1, 5, 10)
+    extra_trials: list[tuple[list[Record], list[Record]]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
