@@ -55,15 +55,21 @@ _C.INPUT.PADDING = 10
 # DATASETS
 # ---------------------------------------------------------------------------------------------------------
 _C.DATASETS = CN()
-# Dataset name: 'market1501' (a Market-1501 tree under ROOT_DIR) or 'demo' (the generated default dataset)
+# Dataset name, or a tuple of names whose train splits are concatenated (labels offset) and each of whose
+# test splits is evaluated: market1501, dukemtmc, msmt17, cub, cars, sop, inshop, vehicleid, folder, csv,
+# demo (the generated default dataset)
 _C.DATASETS.NAMES = "market1501"
-# Folder that holds one folder per dataset (market1501/ or Market-1501-v15.09.15/, demo-market/, ...)
+# Folder that holds one folder per dataset (market1501/, CUB_200_2011/, ...); for 'folder' the tree itself
 _C.DATASETS.ROOT_DIR = "./datasets"
 # Train on train + query + gallery of the dataset (ids re-labelled, junk -1 and distractors 0 left out);
-# evaluation still uses query vs gallery
+# evaluation still uses query vs gallery (re-ID datasets)
 _C.DATASETS.COMBINE_ALL = False
 # Seed of the generated demo dataset (DATASETS.NAMES 'demo'); a different seed is a different dataset
 _C.DATASETS.DEMO_SEED = 0
+# 'csv' dataset: the CSV file (columns path,label[,camid][,split]; paths relative to the file)
+_C.DATASETS.CSV_FILE = ""
+# 'folder'/'csv' without split: fraction of the classes (drawn with SEED) that train; the rest are tested
+_C.DATASETS.SPLIT_RATIO = 0.5
 
 # ---------------------------------------------------------------------------------------------------------
 # DATALOADER
@@ -142,6 +148,30 @@ _C.TEST.DIST_METRIC = "euclidean"
 _C.TEST.MAX_RANK = 50
 # Queries ranked at once; bounds evaluation memory to EVAL_CHUNK x gallery size
 _C.TEST.EVAL_CHUNK = 256
+# Evaluation protocol: 'auto' (the dataset's own), 'reid' (CMC/mAP/mINP, same-id-same-camera removed) or
+# 'retrieval' (Recall@K, MAP@R, R-precision, mARP, NMI)
+_C.TEST.PROTOCOL = "auto"
+# K values of Recall@K; empty = the dataset's customary list (CUB/Cars 1..32, SOP 1..1000, In-shop 1..50)
+_C.TEST.RECALL_KS = []
+# k-means runs (seeds) averaged for NMI on retrieval benchmarks; 0 = no NMI (Divide-and-Conquer uses 10)
+_C.TEST.NMI_RUNS = 0
+# k-reciprocal re-ranking (Zhong et al. CVPR 2017) of the re-ID distances: 'yes' or 'no'
+_C.TEST.RE_RANKING = "no"
+# Re-ranking: size of the k-reciprocal neighbour sets (k1)
+_C.TEST.RE_RANKING_K1 = 20
+# Re-ranking: neighbours averaged in the local query expansion (k2)
+_C.TEST.RE_RANKING_K2 = 6
+# Re-ranking: weight of the original distance in the final one (lambda; 1 - lambda for the Jaccard term)
+_C.TEST.RE_RANKING_LAMBDA = 0.3
+# VehicleID test list: 'small' (800 ids), 'medium' (1600), 'large' (2400)
+_C.TEST.VEHICLEID_SIZE = "small"
+# VehicleID protocol: 'retrieval' (all-vs-all, Divide-and-Conquer) or 'reid' (one gallery image per id,
+# drawn TEST.VEHICLEID_TRIALS times with SEED; the mean is reported)
+_C.TEST.VEHICLEID_PROTOCOL = "retrieval"
+# VehicleID re-ID protocol: number of random gallery draws averaged
+_C.TEST.VEHICLEID_TRIALS = 10
+# Datasets evaluated when DATASETS.NAMES holds several: empty = every one of them
+_C.TEST.DATASETS = []
 
 # ---------------------------------------------------------------------------------------------------------
 # Run-level keys

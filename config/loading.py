@@ -19,6 +19,8 @@ from config.defaults import get_defaults
 from config.errors import ConfigError
 
 _BOOL_WORDS = {"true": True, "false": False}
+# Element type of list keys whose default is empty
+_EMPTY_LIST_ELEMENT = {"TEST.RECALL_KS": 0, "TEST.DATASETS": ""}
 
 
 def _all_keys(node: CfgNode, prefix: str = "") -> list[str]:
@@ -83,8 +85,28 @@ def _coerce_scalar(key: str, value: Any, default: Any, source: str) -> Any:
     return value
 
 
+# String keys that also take several names (a tuple), e.g. DATASETS.NAMES "('market1501', 'dukemtmc')"
+_NAME_LIST_KEYS = {"DATASETS.NAMES"}
+
+
+def _coerce_names(key: str, value: Any, source: str) -> str | tuple[str, ...]:
+    if isinstance(value, str):
+        text = value.strip()
+        if text[:1] in "([":
+            value = _parse_literal(text)
+        elif "," in text:
+            value = [part.strip() for part in text.split(",") if part.strip()]
+        else:
+            return text
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return value[0] if len(value) == 1 else tuple(value)
+    raise ConfigError(f"{key} = {value!r} (from {source}); expected a name or a tuple of names")
+
+
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
     """Convert `value` to the type of `default`, or raise ConfigError naming `key`."""
+    if key in _NAME_LIST_KEYS:
+        return _coerce_names(key, value, source)
     if default is None:
         return _parse_literal(value) if isinstance(value, str) else value
     if isinstance(default, (list, tuple)):
@@ -94,8 +116,8 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
             value = [value]  # "(120)" or "40" for a sequence key: one element
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} = {value!r} (from {source}) has the wrong type; expected a list like {list(default)}")
-        if default:
-            template = default[0]
+        template = default[0] if default else _EMPTY_LIST_ELEMENT.get(key)
+        if template is not None:
             value = [_coerce_scalar(f"{key}[{i}]", v, template, source) for i, v in enumerate(value)]
         return type(default)(value)
     return _coerce_scalar(key, value, default, source)

@@ -9,10 +9,10 @@ import ignite.distributed as idist
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from config.errors import check_choice
-from data.datasets import load_dataset
+from config.errors import ConfigError, check_choice
+from data.datasets import load_named_dataset
 from data.image_dataset import ImageDataset
-from data.records import DatasetSplits
+from data.records import DatasetSplits, Record
 from data.samplers import PKBatchSampler, RandomBatchSampler
 from data.transforms import build_transforms
 
@@ -22,26 +22,48 @@ SAMPLERS = ("softmax_triplet", "triplet", "softmax")
 
 
 @dataclass
+class EvalSet:
+    """One dataset's test side: its splits and the loader of its evaluation records (query, then gallery)."""
+
+    splits: DatasetSplits
+    loader: DataLoader
+
+
+@dataclass
 class DataBundle:
     """What training and evaluation need from the data side."""
 
-    splits: DatasetSplits
+    train_records: list[Record]
     train_loader: DataLoader | None
-    eval_loader: DataLoader
-    num_query: int
+    eval_sets: list[EvalSet]
     num_classes: int
 
 
-def build_train_loader(cfg, splits: DatasetSplits) -> DataLoader:
+def dataset_names(cfg) -> list[str]:
+    """DATASETS.NAMES as a list (a single name or a tuple)."""
+    names = cfg.DATASETS.NAMES
+    return [names] if isinstance(names, str) else list(names)
+
+
+def merge_train_splits(all_splits: list[DatasetSplits]) -> list[Record]:
+    """Concatenate train splits, offsetting each dataset's labels past the previous ones."""
+    merged, offset = [], 0
+    for splits in all_splits:
+        merged.extend(Record(r.path, r.label + offset, r.camid) for r in splits.train)
+        offset += splits.num_train_classes
+    return merged
+
+
+def build_train_loader(cfg, records: list[Record]) -> DataLoader:
     """The training loader: PK or random batches, seeded by SEED and the epoch (see set_epoch)."""
     check_choice("DATALOADER.SAMPLER", cfg.DATALOADER.SAMPLER, SAMPLERS)
     rank, world = idist.get_rank(), idist.get_world_size()
-    labels = [r.label for r in splits.train]
+    labels = [r.label for r in records]
     if cfg.DATALOADER.SAMPLER == "softmax":
         sampler = RandomBatchSampler(len(labels), cfg.SOLVER.IMS_PER_BATCH, cfg.SEED, rank, world)
     else:
         sampler = PKBatchSampler(labels, cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE, cfg.SEED, rank, world)
-    dataset = ImageDataset(splits.train, build_transforms(cfg, is_train=True))
+    dataset = ImageDataset(records, build_transforms(cfg, is_train=True))
     return DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -51,9 +73,9 @@ def build_train_loader(cfg, splits: DatasetSplits) -> DataLoader:
     )
 
 
-def build_eval_loader(cfg, splits: DatasetSplits) -> DataLoader:
-    """Query then gallery, in order; with several processes each takes every world_size-th item."""
-    dataset = ImageDataset(splits.query + splits.gallery, build_transforms(cfg, is_train=False))
+def build_eval_loader(cfg, records: list[Record]) -> DataLoader:
+    """The records in order; with several processes each takes every world_size-th item."""
+    dataset = ImageDataset(records, build_transforms(cfg, is_train=False))
     rank, world = idist.get_rank(), idist.get_world_size()
     if world > 1:
         dataset = Subset(dataset, list(range(rank, len(dataset), world)))
@@ -67,14 +89,22 @@ def build_eval_loader(cfg, splits: DatasetSplits) -> DataLoader:
 
 
 def build_data(cfg, with_train: bool = True) -> DataBundle:
-    """Load the dataset named by the config, log its table, and build the loaders."""
-    splits = load_dataset(cfg)
-    logger.info("\n%s", splits.summary_table())
-    train_loader = build_train_loader(cfg, splits) if with_train else None
+    """Load every dataset of DATASETS.NAMES, log their tables, build the train loader and one eval loader each."""
+    names = dataset_names(cfg)
+    all_splits = []
+    for name in names:
+        splits = load_named_dataset(cfg, name)
+        logger.info("\n%s", splits.summary_table())
+        all_splits.append(splits)
+    evaluated = list(cfg.TEST.DATASETS) or names
+    unknown = [n for n in evaluated if n not in names]
+    if unknown:
+        raise ConfigError(f"TEST.DATASETS names {unknown} that are not in DATASETS.NAMES {names}")
+    train_records = merge_train_splits(all_splits)
+    eval_sets = [EvalSet(s, build_eval_loader(cfg, s.eval_records())) for s in all_splits if s.name in evaluated]
     return DataBundle(
-        splits=splits,
-        train_loader=train_loader,
-        eval_loader=build_eval_loader(cfg, splits),
-        num_query=len(splits.query),
-        num_classes=splits.num_train_classes,
+        train_records=train_records,
+        train_loader=build_train_loader(cfg, train_records) if with_train else None,
+        eval_sets=eval_sets,
+        num_classes=len({r.label for r in train_records}),
     )

@@ -35,6 +35,10 @@ class DatasetSplits:
     extra_trials: list[tuple[list[Record], list[Record]]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    def eval_records(self) -> list[Record]:
+        """The records embedded for evaluation, each once: query then gallery (no gallery when it is the query set)."""
+        return list(self.query) if self.query_is_gallery else list(self.query) + list(self.gallery)
+
     @property
     def num_train_classes(self) -> int:
         return len({r.label for r in self.train})

@@ -1,10 +1,12 @@
-"""Evaluation as ignite parts: an Engine that extracts embeddings and a Metric that ranks them.
+"""Evaluation as ignite parts: an Engine that extracts embeddings and a Metric that scores them.
 
 With several processes each rank embeds its share of query + gallery; the metric gathers the shares,
 restores the dataset order and ranks on every rank, so all ranks report the same numbers.
 """
 
 from __future__ import annotations
+
+import time
 
 import ignite.distributed as idist
 import torch
@@ -14,7 +16,8 @@ from ignite.metrics import Metric
 from torch import nn
 
 from config.errors import check_choice
-from engine.metrics import VALID_METRICS, reid_metrics
+from engine.evaluation import EvalSpec, evaluate_embeddings
+from engine.metrics import VALID_METRICS
 from engine.precision import Precision
 
 
@@ -55,22 +58,16 @@ def _gather_in_order(local: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return rows[torch.argsort(indices)]
 
 
-class ReIDMetric(Metric):
-    """CMC / mAP / mINP of the query (first `num_query` items) against the gallery (the rest).
-
-    compute() returns a dict: rank1, rank5, rank10, mAP, mINP (fractions), cmc (list), and query counts.
-    """
+class EmbeddingMetric(Metric):
+    """Scores one dataset's test embeddings per its EvalSpec (re-ID: CMC/mAP/mINP; retrieval: Recall@K,
+    MAP@R, R-precision, mARP, NMI). compute() returns a dict of numbers (and the CMC curve for re-ID)."""
 
     required_output_keys = ("feats", "labels", "camids", "index")
 
-    def __init__(self, num_query: int, feat_norm: bool = True, dist_metric: str = "euclidean",
-                 max_rank: int = 50, chunk_size: int = 256, device: torch.device | str = "cpu"):
-        check_choice("TEST.DIST_METRIC", dist_metric, VALID_METRICS)
-        self.num_query = num_query
+    def __init__(self, spec: EvalSpec, feat_norm: bool = True, device: torch.device | str = "cpu"):
+        check_choice("TEST.DIST_METRIC", spec.dist_metric, VALID_METRICS)
+        self.spec = spec
         self.feat_norm = feat_norm
-        self.dist_metric = dist_metric
-        self.max_rank = max_rank
-        self.chunk_size = chunk_size
         super().__init__(output_transform=lambda out: out, device=device, skip_unrolling=True)
 
     def reset(self) -> None:
@@ -94,29 +91,39 @@ class ReIDMetric(Metric):
         return feats, labels, camids
 
     def compute(self) -> dict:
-        feats, labels, camids = self.gathered()
-        q = self.num_query
-        result = reid_metrics(
-            feats[:q], feats[q:], labels[:q], labels[q:], camids[:q], camids[q:],
-            max_rank=self.max_rank, metric=self.dist_metric, chunk_size=self.chunk_size,
-        )
-        out = {k: float(result[k]) for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}
-        out["cmc"] = [float(v) for v in result["cmc"]]
-        out["num_query"] = int(result["num_query"])
-        out["num_valid_query"] = int(result["num_valid_query"])
-        return out
+        return evaluate_embeddings(self.spec, *self.gathered())
 
 
-def build_evaluator(cfg, model: nn.Module, precision: Precision, device: torch.device, num_query: int) -> Engine:
-    """Extractor engine with the ReIDMetric attached as 'reid' (its keys also land in state.metrics)."""
+def build_evaluator(cfg, model: nn.Module, precision: Precision, device: torch.device, spec: EvalSpec) -> Engine:
+    """Extractor engine with the EmbeddingMetric of `spec` attached as 'eval' (its keys also land in state.metrics)."""
     check_choice("TEST.FEAT_NORM", cfg.TEST.FEAT_NORM, ("yes", "no"))
     evaluator = build_extractor(model, precision, device, cfg.TEST.NECK_FEAT)
-    ReIDMetric(
-        num_query,
-        feat_norm=cfg.TEST.FEAT_NORM == "yes",
-        dist_metric=cfg.TEST.DIST_METRIC,
-        max_rank=cfg.TEST.MAX_RANK,
-        chunk_size=cfg.TEST.EVAL_CHUNK,
-        device=device,
-    ).attach(evaluator, "reid")
+    EmbeddingMetric(spec, feat_norm=cfg.TEST.FEAT_NORM == "yes", device=device).attach(evaluator, "eval")
     return evaluator
+
+
+class DatasetEvaluation:
+    """Evaluation of one dataset of the run: its spec, its loader and the ignite evaluator engine."""
+
+    def __init__(self, cfg, model: nn.Module, precision: Precision, device: torch.device, eval_set):
+        from engine.evaluation import build_eval_spec
+
+        self.spec = build_eval_spec(cfg, eval_set.splits)
+        self.loader = eval_set.loader
+        self.engine = build_evaluator(cfg, model, precision, device, self.spec)
+
+    def run(self) -> dict:
+        """Embed and score; returns {'dataset', 'protocol', 'eval_seconds', **metrics}."""
+        start = time.perf_counter()
+        self.engine.run(self.loader)
+        metrics = self.engine.state.metrics["eval"]
+        return {"dataset": self.spec.name, "protocol": self.spec.protocol, **metrics,
+                "eval_seconds": round(time.perf_counter() - start, 3)}
+
+
+def format_metrics(result: dict) -> str:
+    """One line of the main numbers in percent (re-ID or retrieval)."""
+    keys = [k for k in result if k.startswith("R@")] + ["MAP@R", "R-precision", "mARP", "NMI"]
+    if result.get("protocol") == "reid":
+        keys = ["mAP", "rank1", "rank5", "rank10", "mINP"]
+    return "  ".join(f"{k}: {100 * result[k]:.2f}%" for k in keys if isinstance(result.get(k), float))

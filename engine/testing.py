@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 from config import UserError
 from data.build import build_data
 from engine.device import resolve_device
-from engine.evaluator import build_evaluator
+from engine.evaluator import DatasetEvaluation, format_metrics
 from engine.precision import resolve_precision
 from engine.run_dir import atomic_write_text, save_config, setup_logging
-from engine.training import format_metrics
 from modeling import build_model
 from modeling.weights import load_model_checkpoint
 
@@ -45,15 +43,16 @@ def run_test(cfg) -> dict:
         model = build_model(cfg)
     model.to(device)
     data = build_data(cfg, with_train=False)
-    evaluator = build_evaluator(cfg, model, precision, device, data.num_query)
-    start = time.perf_counter()
-    evaluator.run(data.eval_loader)
-    metrics = evaluator.state.metrics["reid"]
-    seconds = time.perf_counter() - start
     weight = str(cfg.TEST.WEIGHT) or f"untrained ({cfg.MODEL.PRETRAIN_CHOICE})"
-    logger.info("Test on %s with %s (%.1f s): %s", data.splits.name, weight, seconds, format_metrics(metrics))
-    cmc = metrics["cmc"]
-    logger.info("CMC curve: %s", "  ".join(f"R{k}: {100 * cmc[k - 1]:.1f}%" for k in (1, 5, 10, 20, 50) if k <= len(cmc)))
-    record = {"weight": weight, "dataset": data.splits.name, **metrics, "eval_seconds": round(seconds, 3)}
-    atomic_write_text(output_dir / "test_metrics.json", json.dumps(record, indent=2))
-    return record
+    results = []
+    for eval_set in data.eval_sets:
+        result = {"weight": weight, **DatasetEvaluation(cfg, model, precision, device, eval_set).run()}
+        logger.info("Test on %s with %s (%.1f s): %s", result["dataset"], weight, result["eval_seconds"],
+                    format_metrics(result))
+        if "cmc" in result:
+            cmc = result["cmc"]
+            logger.info("CMC curve: %s", "  ".join(f"R{k}: {100 * cmc[k - 1]:.1f}%" for k in (1, 5, 10, 20, 50) if k <= len(cmc)))
+        results.append(result)
+    content = results[0] if len(results) == 1 else {"weight": weight, "datasets": results}
+    atomic_write_text(output_dir / "test_metrics.json", json.dumps(content, indent=2))
+    return results[0] if len(results) == 1 else content

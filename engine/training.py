@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 
 import ignite.distributed as idist
 import torch
@@ -17,7 +16,7 @@ from data.build import build_data
 from engine.checkpointing import (BestScore, build_checkpointer, load_training_state, resolve_resume_path,
                                   save_best_model)
 from engine.device import broadcast_buffers, distribute, resolve_device
-from engine.evaluator import build_evaluator
+from engine.evaluator import DatasetEvaluation, format_metrics
 from engine.methods import build_standard_trainer
 from engine.precision import resolve_precision
 from engine.run_dir import append_metrics, prepare_output_dir, save_config, setup_logging
@@ -28,17 +27,8 @@ from solver import build_optimizer, build_scheduler
 
 logger = logging.getLogger("train")
 
-MAIN_METRIC = "mAP"
-
-
 class NonFiniteLossError(UserError):
     """Training stopped because the loss became NaN or infinite."""
-
-
-def format_metrics(metrics: dict) -> str:
-    """One line of the re-ID numbers in percent."""
-    keys = ("mAP", "rank1", "rank5", "rank10", "mINP")
-    return "  ".join(f"{k}: {100 * metrics[k]:.2f}%" for k in keys if k in metrics)
 
 
 def log_config_changes(cfg) -> None:
@@ -113,7 +103,8 @@ def train(cfg, resume: str | None = None) -> dict:
     scaler = precision.grad_scaler()
     trainer = build_standard_trainer(distribute(model, device), distribute(criterion, device), optimizer,
                                      scaler, precision, device)
-    evaluator = build_evaluator(cfg, model, precision, device, data.num_query)
+    evaluations = [DatasetEvaluation(cfg, model, precision, device, eval_set) for eval_set in data.eval_sets]
+    main_metric = evaluations[0].spec.main_metric  # the first evaluated dataset picks the best model
     best = BestScore()
     to_save = {"model": model, "loss": criterion, "optimizer": optimizer, "scheduler": scheduler,
                "scaler": scaler, "trainer": trainer, "best": best}
@@ -137,21 +128,20 @@ def train(cfg, resume: str | None = None) -> dict:
 
     @trainer.on(Events.EPOCH_COMPLETED(event_filter=_every(cfg.SOLVER.EVAL_PERIOD, max_epochs)))
     def _evaluate(engine: Engine) -> None:
-        start = time.perf_counter()
         broadcast_buffers(model)
-        evaluator.run(data.eval_loader)
-        metrics = evaluator.state.metrics["reid"]
-        seconds = time.perf_counter() - start
+        results = [evaluation.run() for evaluation in evaluations]
         epoch = engine.state.epoch
-        if metrics[MAIN_METRIC] > best.score:
-            best.score, best.epoch = metrics[MAIN_METRIC], epoch
-            save_best_model(output_dir / "best.pt", model, epoch, metrics)
-        logger.info("Validation at epoch %d on %s (%.1f s): %s  [best %s %.2f%% at epoch %d]", epoch,
-                    data.splits.name, seconds, format_metrics(metrics), MAIN_METRIC, 100 * best.score, best.epoch)
-        record = {"epoch": epoch, "iteration": engine.state.iteration, "dataset": data.splits.name,
-                  **metrics, "eval_seconds": round(seconds, 3), f"best_{MAIN_METRIC}": best.score, "best_epoch": best.epoch}
-        append_metrics(output_dir, record)
-        history.append(record)
+        if results[0][main_metric] > best.score:
+            best.score, best.epoch = results[0][main_metric], epoch
+            save_best_model(output_dir / "best.pt", model, epoch, results[0])
+        for result in results:
+            logger.info("Validation at epoch %d on %s (%.1f s): %s  [best %s %.2f%% at epoch %d]", epoch,
+                        result["dataset"], result["eval_seconds"], format_metrics(result), main_metric,
+                        100 * best.score, best.epoch)
+            record = {"epoch": epoch, "iteration": engine.state.iteration, **result,
+                      f"best_{main_metric}": best.score, "best_epoch": best.epoch}
+            append_metrics(output_dir, record)
+            history.append(record)
 
     trainer.add_event_handler(
         Events.EPOCH_COMPLETED(event_filter=_every(cfg.SOLVER.CHECKPOINT_PERIOD, max_epochs)),
@@ -173,5 +163,5 @@ def train(cfg, resume: str | None = None) -> dict:
             f"Checkpoints of earlier epochs are in {output_dir / 'checkpoints'}"
         )
     logger.info("Training finished after epoch %d; best %s %.2f%% at epoch %d; outputs in %s",
-                trainer.state.epoch, MAIN_METRIC, 100 * best.score, best.epoch, output_dir)
+                trainer.state.epoch, main_metric, 100 * best.score, best.epoch, output_dir)
     return history[-1] if history else {}

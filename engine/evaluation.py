@@ -1,0 +1,143 @@
+"""From embeddings to numbers: the protocol of the dataset (re-ID or retrieval), trials, re-ranking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from config.errors import ConfigError, check_choice
+from data.records import DatasetSplits
+
+PROTOCOLS = ("auto", "reid", "retrieval")
+MAIN_METRIC = {"reid": "mAP", "retrieval": "R@1"}
+
+
+@dataclass
+class EvalSpec:
+    """How one dataset's test embeddings are scored.
+
+    The embeddings arrive in the order of `splits.eval_records()`: the query records, then (unless the query
+    set is the gallery) the gallery records. `trials` holds (query indices, gallery indices) into that order;
+    one trial for fixed protocols, several for VehicleID's random galleries (numbers are averaged).
+    """
+
+    name: str
+    protocol: str
+    query_is_gallery: bool
+    trials: list[tuple[np.ndarray, np.ndarray]]
+    recall_ks: tuple[int, ...]
+    dist_metric: str = "euclidean"
+    max_rank: int = 50
+    chunk_size: int = 256
+    nmi_runs: int = 0
+    seed: int = 0
+    re_ranking: tuple[int, int, float] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def main_metric(self) -> str:
+        return MAIN_METRIC[self.protocol]
+
+
+def _trial_indices(splits: DatasetSplits) -> list[tuple[np.ndarray, np.ndarray]]:
+    nq = len(splits.query)
+    if splits.query_is_gallery:
+        everything = np.arange(nq)
+        return [(everything, everything)]
+    trials = [(np.arange(nq), np.arange(nq, nq + len(splits.gallery)))]
+    if splits.extra_trials:
+        position = {r.path: i for i, r in enumerate(splits.eval_records())}
+        for query, gallery in splits.extra_trials:
+            trials.append((np.array([position[r.path] for r in query]), np.array([position[r.path] for r in gallery])))
+    return trials
+
+
+def build_eval_spec(cfg, splits: DatasetSplits) -> EvalSpec:
+    """The scoring of `splits` under TEST.* (protocol override, K list, NMI, re-ranking)."""
+    check_choice("TEST.PROTOCOL", cfg.TEST.PROTOCOL, PROTOCOLS)
+    check_choice("TEST.RE_RANKING", cfg.TEST.RE_RANKING, ("yes", "no"))
+    protocol = splits.protocol if cfg.TEST.PROTOCOL == "auto" else cfg.TEST.PROTOCOL
+    if protocol == "reid" and splits.query_is_gallery:
+        raise ConfigError(f"TEST.PROTOCOL 'reid' needs separate query and gallery sets, but {splits.name} uses its "
+                          "query set as the gallery; use 'retrieval' or 'auto'")
+    re_ranking = None
+    if cfg.TEST.RE_RANKING == "yes":
+        if protocol != "reid":
+            raise ConfigError(f"TEST.RE_RANKING 'yes' applies to the re-ID protocol; {splits.name} is evaluated with '{protocol}'")
+        re_ranking = (cfg.TEST.RE_RANKING_K1, cfg.TEST.RE_RANKING_K2, cfg.TEST.RE_RANKING_LAMBDA)
+    ks = tuple(cfg.TEST.RECALL_KS) or tuple(splits.recall_ks)
+    if any(k <= 0 for k in ks):
+        raise ConfigError(f"TEST.RECALL_KS = {list(ks)}; expected positive integers")
+    return EvalSpec(
+        name=splits.name, protocol=protocol, query_is_gallery=splits.query_is_gallery,
+        trials=_trial_indices(splits), recall_ks=ks, dist_metric=cfg.TEST.DIST_METRIC,
+        max_rank=cfg.TEST.MAX_RANK, chunk_size=cfg.TEST.EVAL_CHUNK, nmi_runs=cfg.TEST.NMI_RUNS,
+        seed=cfg.SEED, re_ranking=re_ranking,
+    )
+
+
+def _mean_of_trials(results: list[dict]) -> dict:
+    if len(results) == 1:
+        return results[0]
+    out = {}
+    for key, value in results[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(np.mean([r[key] for r in results]))
+        elif isinstance(value, list):
+            out[key] = [float(v) for v in np.mean([r[key] for r in results], axis=0)]
+        else:
+            out[key] = value
+    out["num_trials"] = len(results)
+    return out
+
+
+def _take(tensor: torch.Tensor, index: np.ndarray) -> torch.Tensor:
+    """Rows `index` of `tensor`: a view when they are a contiguous run (no copy of a large gallery)."""
+    if len(index) and index[-1] - index[0] + 1 == len(index) and np.all(np.diff(index) == 1):
+        return tensor[int(index[0]):int(index[-1]) + 1]
+    return tensor[torch.as_tensor(index, device=tensor.device)]
+
+
+def _reid(spec: EvalSpec, feats, labels, camids, q, g) -> dict:
+    from engine.metrics import reid_metrics
+
+    args = (_take(feats, q), _take(feats, g), _take(labels, q), _take(labels, g), _take(camids, q), _take(camids, g))
+    if spec.re_ranking is not None:
+        from engine.reranking import rerank_and_evaluate
+
+        k1, k2, lam = spec.re_ranking
+        result = rerank_and_evaluate(*args, k1=k1, k2=k2, lambda_value=lam, max_rank=spec.max_rank)
+    else:
+        result = reid_metrics(*args, max_rank=spec.max_rank, metric=spec.dist_metric, chunk_size=spec.chunk_size)
+    out = {k: float(result[k]) for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}
+    out["cmc"] = [float(v) for v in result["cmc"]]
+    out["num_query"] = int(result["num_query"])
+    out["num_valid_query"] = int(result["num_valid_query"])
+    return out
+
+
+def _retrieval(spec: EvalSpec, feats, labels, q, g) -> dict:
+    from engine.metrics import retrieval_metrics
+
+    if spec.query_is_gallery:
+        result = retrieval_metrics(_take(feats, q), _take(labels, q), ks=spec.recall_ks, metric=spec.dist_metric,
+                                   chunk_size=spec.chunk_size, nmi_runs=spec.nmi_runs, nmi_seed=spec.seed)
+    else:
+        result = retrieval_metrics(_take(feats, q), _take(labels, q), _take(feats, g), _take(labels, g), ks=spec.recall_ks,
+                                   metric=spec.dist_metric, chunk_size=spec.chunk_size,
+                                   nmi_runs=spec.nmi_runs, nmi_seed=spec.seed)
+    return {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) else v)
+            for k, v in result.items()}
+
+
+def evaluate_embeddings(spec: EvalSpec, feats: torch.Tensor, labels: torch.Tensor, camids: torch.Tensor) -> dict:
+    """The numbers of one dataset from its embeddings (already normalised if TEST.FEAT_NORM says so)."""
+    results = []
+    for q, g in spec.trials:
+        if spec.protocol == "reid":
+            results.append(_reid(spec, feats, labels, camids, q, g))
+        else:
+            results.append(_retrieval(spec, feats, labels, q, g))
+    return _mean_of_trials(results)
