@@ -48,8 +48,15 @@ _C.INPUT.RE_PROB = 0.5
 # Per-channel mean and std used to normalise RGB values in [0, 1]
 _C.INPUT.PIXEL_MEAN = [0.485, 0.456, 0.406]
 _C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
-# Zero padding (pixels) before the random crop back to SIZE_TRAIN; 0 disables pad + crop
+# Zero padding (pixels) before the random crop back to SIZE_TRAIN; 0 disables pad + crop (re-ID pipeline)
 _C.INPUT.PADDING = 10
+# Augmentation pipeline: 'auto' (by the dataset's protocol), 'reid' (resize, flip, pad + crop, random
+# erasing) or 'retrieval' (random resized crop, flip; test: resize + centre crop, as the DML papers)
+_C.INPUT.TRANSFORM = "auto"
+# Retrieval pipeline: area range of the random resized crop
+_C.INPUT.CROP_SCALE = [0.08, 1.0]
+# Retrieval pipeline: shorter side at test time before the centre crop to SIZE_TEST (256 for a 224 crop)
+_C.INPUT.RESIZE_TEST = 256
 
 # ---------------------------------------------------------------------------------------------------------
 # DATASETS

@@ -54,7 +54,7 @@ def merge_train_splits(all_splits: list[DatasetSplits]) -> list[Record]:
     return merged
 
 
-def build_train_loader(cfg, records: list[Record]) -> DataLoader:
+def build_train_loader(cfg, records: list[Record], protocol: str = "reid") -> DataLoader:
     """The training loader: PK or random batches, seeded by SEED and the epoch (see set_epoch)."""
     check_choice("DATALOADER.SAMPLER", cfg.DATALOADER.SAMPLER, SAMPLERS)
     rank, world = idist.get_rank(), idist.get_world_size()
@@ -63,7 +63,7 @@ def build_train_loader(cfg, records: list[Record]) -> DataLoader:
         sampler = RandomBatchSampler(len(labels), cfg.SOLVER.IMS_PER_BATCH, cfg.SEED, rank, world)
     else:
         sampler = PKBatchSampler(labels, cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE, cfg.SEED, rank, world)
-    dataset = ImageDataset(records, build_transforms(cfg, is_train=True))
+    dataset = ImageDataset(records, build_transforms(cfg, is_train=True, protocol=protocol))
     return DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -73,9 +73,9 @@ def build_train_loader(cfg, records: list[Record]) -> DataLoader:
     )
 
 
-def build_eval_loader(cfg, records: list[Record]) -> DataLoader:
+def build_eval_loader(cfg, records: list[Record], protocol: str = "reid") -> DataLoader:
     """The records in order; with several processes each takes every world_size-th item."""
-    dataset = ImageDataset(records, build_transforms(cfg, is_train=False))
+    dataset = ImageDataset(records, build_transforms(cfg, is_train=False, protocol=protocol))
     rank, world = idist.get_rank(), idist.get_world_size()
     if world > 1:
         dataset = Subset(dataset, list(range(rank, len(dataset), world)))
@@ -101,10 +101,11 @@ def build_data(cfg, with_train: bool = True) -> DataBundle:
     if unknown:
         raise ConfigError(f"TEST.DATASETS names {unknown} that are not in DATASETS.NAMES {names}")
     train_records = merge_train_splits(all_splits)
-    eval_sets = [EvalSet(s, build_eval_loader(cfg, s.eval_records())) for s in all_splits if s.name in evaluated]
+    eval_sets = [EvalSet(s, build_eval_loader(cfg, s.eval_records(), s.protocol)) for s in all_splits if s.name in evaluated]
     return DataBundle(
         train_records=train_records,
-        train_loader=build_train_loader(cfg, train_records) if with_train else None,
+        # the first dataset's protocol picks the training augmentation (INPUT.TRANSFORM 'auto')
+        train_loader=build_train_loader(cfg, train_records, all_splits[0].protocol) if with_train else None,
         eval_sets=eval_sets,
         num_classes=len({r.label for r in train_records}),
     )
