@@ -80,3 +80,27 @@ def test_dataset_trains_and_evaluates_with_the_bot_recipe(case, tmp_path):
     if case == "vehicleid_reid":
         assert record["num_trials"] == 3
     assert (out / "best.pt").is_file() and (out / "checkpoints/checkpoint_1.pt").is_file()
+
+
+def test_several_datasets_train_together_and_are_evaluated_each(tmp_path):
+    data_root = tmp_path / "data"
+    make_market_tree(data_root)
+    make_duke(data_root)
+    fill_images(data_root)
+    out = tmp_path / "out"
+    opts = ["DATASETS.NAMES", "('market1501', 'dukemtmc')", "DATASETS.ROOT_DIR", str(data_root),
+            "MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "none", "INPUT.SIZE_TRAIN", "[32, 16]",
+            "INPUT.SIZE_TEST", "[32, 16]", "SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_INSTANCE", "2",
+            "DATALOADER.NUM_WORKERS", "0", "SOLVER.MAX_EPOCHS", "1", "OUTPUT_DIR", str(out)]
+    train(load_config(ROOT / "configs/softmax_triplet.yml", opts))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["dataset"] for r in records] == ["market1501", "dukemtmc"]
+    import torch
+
+    classifier = torch.load(out / "checkpoints/checkpoint_1.pt", weights_only=True)["loss"]["cls_term.classifier.weight"]
+    assert classifier.shape[0] == 6 + 3  # Market's 6 train ids, then Duke's 3, labels offset
+
+    only_duke = opts[:-2] + ["OUTPUT_DIR", str(tmp_path / "out2"), "TEST.DATASETS", "['dukemtmc']"]
+    train(load_config(ROOT / "configs/softmax_triplet.yml", only_duke))
+    records = [json.loads(line) for line in (tmp_path / "out2/metrics.jsonl").read_text().splitlines()]
+    assert [r["dataset"] for r in records] == ["dukemtmc"]
