@@ -11,7 +11,6 @@ from config.errors import ConfigError, check_choice
 from data.records import DatasetSplits
 
 PROTOCOLS = ("auto", "reid", "retrieval")
-MAIN_METRIC = {"reid": "mAP", "retrieval": "R@1"}
 
 
 @dataclass
@@ -38,7 +37,8 @@ class EvalSpec:
 
     @property
     def main_metric(self) -> str:
-        return MAIN_METRIC[self.protocol]
+        """What picks the best model: mAP for re-ID, Recall@(first K) for retrieval."""
+        return "mAP" if self.protocol == "reid" else f"R@{self.recall_ks[0]}"
 
 
 def _trial_indices(splits: DatasetSplits) -> list[tuple[np.ndarray, np.ndarray]]:

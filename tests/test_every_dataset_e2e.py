@@ -46,6 +46,7 @@ BUILDERS = {
     "vehicleid": (make_vehicleid, {}),
     "vehicleid_reid": (make_vehicleid, {"TEST.VEHICLEID_PROTOCOL": "reid", "TEST.VEHICLEID_TRIALS": "3"}),
     "cub": (make_cub_tree, {}),
+    "cub_nmi": (make_cub_tree, {"TEST.NMI_RUNS": "2"}),
     "cars": (make_cars_tree, {}),
     "sop": (make_sop_tree, {}),
     "inshop": (make_inshop_tree, {}),
@@ -79,6 +80,8 @@ def test_dataset_trains_and_evaluates_with_the_bot_recipe(case, tmp_path):
         assert "MAP@R" in record and "R-precision" in record
     if case == "vehicleid_reid":
         assert record["num_trials"] == 3
+    if case == "cub_nmi":
+        assert 0.0 <= record["NMI"] <= 1.0
     assert (out / "best.pt").is_file() and (out / "checkpoints/checkpoint_1.pt").is_file()
 
 
