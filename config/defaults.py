@@ -153,8 +153,9 @@ _C.TEST.FEAT_NORM = "yes"
 _C.TEST.DIST_METRIC = "euclidean"
 # Length of the reported CMC curve
 _C.TEST.MAX_RANK = 50
-# Queries ranked at once; bounds evaluation memory to EVAL_CHUNK x gallery size
-_C.TEST.EVAL_CHUNK = 256
+# Queries ranked at once; bounds evaluation memory to EVAL_CHUNK x gallery size (0 = each metric's own
+# tuned default: 256 for re-ID, 1024 for retrieval)
+_C.TEST.EVAL_CHUNK = 0
 # Evaluation protocol: 'auto' (the dataset's own), 'reid' (CMC/mAP/mINP, same-id-same-camera removed) or
 # 'retrieval' (Recall@K, MAP@R, R-precision, mARP, NMI)
 _C.TEST.PROTOCOL = "auto"

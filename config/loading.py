@@ -188,11 +188,12 @@ def _check(cfg: CfgNode) -> None:
         "DATALOADER.NUM_INSTANCE": cfg.DATALOADER.NUM_INSTANCE,
         "TEST.IMS_PER_BATCH": cfg.TEST.IMS_PER_BATCH,
         "TEST.MAX_RANK": cfg.TEST.MAX_RANK,
-        "TEST.EVAL_CHUNK": cfg.TEST.EVAL_CHUNK,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} = {value}; expected a positive integer")
+    if cfg.TEST.EVAL_CHUNK < 0:
+        raise ConfigError(f"TEST.EVAL_CHUNK = {cfg.TEST.EVAL_CHUNK}; expected 0 (automatic) or a positive integer")
     if cfg.DATALOADER.NUM_WORKERS < 0:
         raise ConfigError(f"DATALOADER.NUM_WORKERS = {cfg.DATALOADER.NUM_WORKERS}; expected 0 or more")
     if cfg.SOLVER.BASE_LR <= 0:

@@ -29,11 +29,14 @@ class EvalSpec:
     recall_ks: tuple[int, ...]
     dist_metric: str = "euclidean"
     max_rank: int = 50
-    chunk_size: int = 256
+    chunk_size: int = 0  # 0: the metric function's own default
     nmi_runs: int = 0
     seed: int = 0
     re_ranking: tuple[int, int, float] | None = None
     notes: list[str] = field(default_factory=list)
+
+    def chunk_kwargs(self) -> dict:
+        return {"chunk_size": self.chunk_size} if self.chunk_size > 0 else {}
 
     @property
     def main_metric(self) -> str:
@@ -110,7 +113,7 @@ def _reid(spec: EvalSpec, feats, labels, camids, q, g) -> dict:
         k1, k2, lam = spec.re_ranking
         result = rerank_and_evaluate(*args, k1=k1, k2=k2, lambda_value=lam, max_rank=spec.max_rank)
     else:
-        result = reid_metrics(*args, max_rank=spec.max_rank, metric=spec.dist_metric, chunk_size=spec.chunk_size)
+        result = reid_metrics(*args, max_rank=spec.max_rank, metric=spec.dist_metric, **spec.chunk_kwargs())
     out = {k: float(result[k]) for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}
     out["cmc"] = [float(v) for v in result["cmc"]]
     out["num_query"] = int(result["num_query"])
@@ -123,11 +126,11 @@ def _retrieval(spec: EvalSpec, feats, labels, q, g) -> dict:
 
     if spec.query_is_gallery:
         result = retrieval_metrics(_take(feats, q), _take(labels, q), ks=spec.recall_ks, metric=spec.dist_metric,
-                                   chunk_size=spec.chunk_size, nmi_runs=spec.nmi_runs, nmi_seed=spec.seed)
+                                   nmi_runs=spec.nmi_runs, nmi_seed=spec.seed, **spec.chunk_kwargs())
     else:
         result = retrieval_metrics(_take(feats, q), _take(labels, q), _take(feats, g), _take(labels, g), ks=spec.recall_ks,
-                                   metric=spec.dist_metric, chunk_size=spec.chunk_size,
-                                   nmi_runs=spec.nmi_runs, nmi_seed=spec.seed)
+                                   metric=spec.dist_metric, nmi_runs=spec.nmi_runs, nmi_seed=spec.seed,
+                                   **spec.chunk_kwargs())
     return {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) else v)
             for k, v in result.items()}
 

@@ -61,7 +61,7 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 import torch
 
-__all__ = ["reid_metrics", "VALID_METRICS"]
+__all__ = ["reid_metrics", "retrieval_metrics", "VALID_METRICS"]
 
 #: Built-in distance metrics accepted by :func:`reid_metrics`.
 VALID_METRICS: tuple[str, ...] = ("euclidean", "cosine")
@@ -512,3 +512,4 @@ def reid_metrics(
             "valid": valid_all,
         }
     return result
+from engine.retrieval_metrics import retrieval_metrics  # noqa: E402,F401

@@ -1,0 +1,672 @@
+"""Exact, memory-bounded retrieval metrics (Recall@K, MAP@R, R-precision, mARP, NMI).
+
+This module implements the deep-metric-learning retrieval protocol (CUB-200,
+Cars-196, Stanford Online Products, In-shop, VehicleID retrieval) as a pure
+function, :func:`retrieval_metrics`, that processes the queries in chunks so
+that peak memory is ``O(chunk_size x G)``, never ``O(Q x G)``.
+
+Protocol
+--------
+Every query ``q`` is ranked against its *gallery* by ascending fp32 distance;
+exact ties are broken by gallery index (a stable sort).  When no separate
+gallery is given, the query set is the gallery and each query is removed from
+its own gallery **by index** (never by distance, so exact duplicates of a query
+stay in its gallery and still count as hits).  A *hit* (``rel(i) = 1``) is a
+gallery item at rank ``i`` with the same label as the query.  ``R`` is the
+number of same-label items in the query's gallery (itself excluded).
+
+* **Recall@K** (``R@K``; the "R@K" of the DML papers, e.g. Oh Song et al.,
+  "Deep Metric Learning via Lifted Structured Feature Embedding", CVPR 2016;
+  it equals CMC@K of re-ID): ``1`` if at least one hit is among the ``K``
+  nearest gallery items, else ``0``; averaged over the queries.
+* **MAP@R** (Musgrave, Belongie & Lim, "A Metric Learning Reality Check",
+  ECCV 2020): ``MAP@R = (1/R) * sum_{i=1..R} P(i) * rel(i)`` with
+  ``P(i)`` the precision at rank ``i`` (hits within the first ``i`` / ``i``);
+  averaged over the queries.
+* **R-precision** (same paper): hits within the first ``R`` / ``R``.
+* **mARP** (Sanakoyeu et al., "Divide and Conquer the Embedding Space for
+  Metric Learning", CVPR 2019, and its code): the same sum
+  ``sum_{i=1..R} P(i) * rel(i)`` divided by the number of hits within the
+  first ``R`` instead of by ``R`` (``0`` when there is no hit there), so
+  ``mARP >= MAP@R``.  It is labelled ``mARP`` and must not be reported as MAP@R.
+* **NMI** (normalized mutual information, as used since Oh Song et al. 2016
+  and Musgrave et al. 2020): k-means on the *query* embeddings (the test set)
+  with ``k`` = the number of distinct query labels, then
+  ``NMI = I(labels; clusters) / ((H(labels) + H(clusters)) / 2)`` (arithmetic
+  mean normaliser, natural logarithms), averaged over ``nmi_runs`` k-means
+  seeds ``nmi_seed, nmi_seed + 1, ...``.  k-means is ``faiss.Kmeans`` (20
+  iterations, as pytorch-metric-learning's ``AccuracyCalculator``) when faiss
+  is importable, else scikit-learn's ``KMeans`` (``n_init=1``, at most 20
+  iterations); NMI is ``sklearn.metrics.normalized_mutual_info_score`` when
+  scikit-learn is importable, else the float64 implementation :func:`nmi` of
+  this module (same definition and limit cases).
+
+Queries without any same-label gallery item (``R = 0``) are *skipped* for
+every retrieval metric, Recall@K included: they are counted in
+``num_skipped_query`` and left out of every mean.  This is what
+pytorch-metric-learning's ``AccuracyCalculator`` does (its "lone query
+labels" are removed from ``precision_at_1`` (= R@1), ``r_precision`` and
+``mean_average_precision_at_r`` alike), and what the re-ID CMC does (see
+``engine.metrics``).  NMI uses all queries.
+
+Algorithm
+---------
+Per chunk of ``c`` queries:
+
+1. the ``(c, G)`` fp32 distance block is one matrix product (squared
+   Euclidean ``||g||^2 - 2 q.g``, the per-query constant ``||q||^2`` being
+   irrelevant for the ranking, or ``-cos(q, g)``); in the query = gallery case
+   the query's own column is set to ``+inf`` and excluded by index;
+2. *block minima*: the columns are partitioned into blocks of 16 (block ``b``
+   = columns ``b, b + nb, b + 2 nb, ...``, so the minima are element-wise
+   minima of contiguous rows: one cheap read pass).  The ``L + 1`` smallest
+   items of a row lie in the ``L + 1`` blocks with the smallest minima, so
+   ``torch.topk`` runs on those ``16 (L + 1)`` candidates only (on the whole row
+   for small galleries), with ``L`` = the largest ``R`` of the chunk (for
+   MAP@R) and the ``K`` values up to 32.  ``topk`` returns the right *values*
+   but an arbitrary choice among tied items, so a row is accepted only if its
+   ``L``-th value is strictly smaller than its ``(L+1)``-th one and than the
+   ``(L+2)``-th smallest block minimum (then the first ``L`` items are exactly
+   the items with distance ``<=`` that value); they are sorted by the exact
+   integer key ``(order-preserving bits of the fp32 distance, gallery
+   index)``, which is the stable sort order.  Rows with a tie across the
+   boundary, or with non-finite selected values, or with a NaN anywhere (a NaN
+   block minimum hides the block's finite items), are redone exactly by a
+   ``topk`` of those unique int64 keys;
+3. for ``K > L`` only the rank ``r_1`` of the first hit matters (``R@K`` is
+   ``r_1 <= K``).  For the rows whose first hit is not among the ``L``
+   selected items, the first hit (the smallest key among the row's same-label
+   items, listed sparsely from a label-sorted gallery index) has distance
+   ``d_1``.  Every block whose minimum is ``< d_1`` holds an item ranked
+   before it, so with at least ``max(K)`` such blocks the first hit is beyond
+   every ``K``.  Otherwise ``r_1 = 1 + #{items with a smaller key}`` is
+   counted with one pass ``s = sign(d - d_1)``: ``sum(s) = #greater -
+   #smaller`` and ``sum(|s|) = #greater + #smaller``, both exact integer sums;
+   a row with any other item at exactly ``d_1`` (or a non-finite value) is
+   counted exactly with int64 keys instead.
+
+Only the matrix product grows with ``Q x G x D``; the rest is a few passes
+over each distance block (block minima; the counting pass only for the rows
+that need it) and ``O(c L)`` work.
+
+The per-query float arithmetic is done in float64 with numpy from the integer
+hit pattern, so CPU and CUDA give identical numbers whenever they produce the
+same distances, and the result does not depend on ``chunk_size``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+
+__all__ = ["retrieval_metrics", "nmi", "VALID_METRICS"]
+
+#: Distance metrics accepted by :func:`retrieval_metrics`.
+VALID_METRICS: tuple[str, ...] = ("euclidean", "cosine")
+
+LabelArray = Union[torch.Tensor, np.ndarray, Sequence[int]]
+
+#: Default number of queries per chunk.  The per-chunk temporaries are about
+#: ``8 * chunk_size * G`` bytes (fp32 distances + an fp32 work buffer): 0.5 GB
+#: for SOP (G = 60,502) with 1024 (measured peak: ~0.45 GB above the features),
+#: plus transiently up to ~0.5 GB for the exact fallback on tied rows
+#: (``_EXACT_CELLS``).  Larger chunks make the CPU matrix product a little more
+#: efficient; 1024 was within noise of 2048 on a 2-core CPU.
+DEFAULT_CHUNK_SIZE = 1024
+
+_INT64_MAX = torch.iinfo(torch.int64).max
+_NORM_EPS = 1e-12
+_NORM_BLOCK = 8192
+# K values up to this are taken from the top-L selection; larger K use the
+# counting pass of the first hit's rank (cheaper than a large top-k).
+_TOPK_CAP = 32
+# Columns per block of the block minima (see _BlockMins).
+_BLOCK = 16
+# Elements per sub-batch of the exact int64-key fallback (bounds its memory).
+_EXACT_CELLS = 1 << 24
+# Canonical fp32 NaN bits: every NaN ranks after +inf (as numpy / torch sort).
+_NAN_BITS = 0x7FC00000
+# k-means iterations (faiss niter / sklearn max_iter), as pytorch-metric-learning.
+_KMEANS_NITER = 20
+
+
+# ---------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------
+def _as_label_tensor(labels: LabelArray, n: int, name: str) -> torch.Tensor:
+    """Convert labels (tensor, ndarray or list of ints) to a CPU int64 tensor."""
+    if isinstance(labels, torch.Tensor):
+        t = labels.detach()
+    else:
+        arr = np.asarray(labels)
+        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_)):
+            raise TypeError(f"{name} must contain integers, got dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.is_floating_point() or t.is_complex():
+        raise TypeError(f"{name} must contain integers, got dtype {t.dtype}")
+    t = t.reshape(-1)
+    if t.numel() != n:
+        raise ValueError(f"{name} has {t.numel()} entries, expected {n}")
+    return t.to(device="cpu", dtype=torch.int64)
+
+
+def _row_sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """Squared L2 norm of every row of ``x`` (fp32), in row blocks."""
+    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    for s in range(0, x.shape[0], _NORM_BLOCK):
+        blk = x[s : s + _NORM_BLOCK]
+        out[s : s + blk.shape[0]] = (blk * blk).sum(dim=1)
+    return out
+
+
+def _exact_keys(values: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
+    """Exact int64 sort keys of fp32 distances: ``ordered_bits(d) * 2**32 + index``.
+
+    ``ordered_bits`` maps fp32 to int32 monotonically (``-0.0`` and ``+0.0``
+    share a key; every NaN gets the key of the canonical positive NaN, after
+    ``+inf``), so ascending keys == ascending distance with ties broken by
+    gallery index, i.e. the stable sort order.  Works for any shape
+    (``gallery_index`` broadcasts against ``values``).
+    """
+    values = values.contiguous()
+    bits = values.view(torch.int32).to(torch.int64)
+    # A negative float with raw bits b (sign bit set) has magnitude bits b + 2**31.
+    bits = torch.where(bits < 0, -bits - 2**31, bits)
+    bits = torch.where(torch.isnan(values), _NAN_BITS, bits)
+    return torch.add(gallery_index, bits, alpha=2**32)
+
+
+def _np_exact_keys(values: np.ndarray, gallery_index: np.ndarray) -> np.ndarray:
+    """numpy twin of :func:`_exact_keys` (same keys), for the small per-chunk arrays."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    bits = values.view(np.int32).astype(np.int64)
+    bits = np.where(bits < 0, -bits - 2**31, bits)
+    bits[np.isnan(values)] = _NAN_BITS
+    return (bits << 32) + gallery_index
+
+
+def _exact_row_keys(
+    dist: torch.Tensor, gidx: torch.Tensor, self_cols: torch.Tensor | None
+) -> torch.Tensor:
+    """Exact keys of whole rows; the query's own column (if any) gets INT64_MAX."""
+    keys = _exact_keys(dist, gidx.unsqueeze(0))
+    if self_cols is not None:
+        keys[torch.arange(dist.shape[0], device=dist.device), self_cols] = _INT64_MAX
+    return keys
+
+
+def _row_batches(rows: np.ndarray, g: int):
+    """Split ``rows`` into batches of at most ``_EXACT_CELLS / g`` rows."""
+    step = max(1, _EXACT_CELLS // max(g, 1))
+    for s in range(0, rows.size, step):
+        yield rows[s : s + step]
+
+
+# ---------------------------------------------------------------------------
+# One chunk: exact top-L neighbours and first-hit ranks
+# ---------------------------------------------------------------------------
+class _BlockMins:
+    """Minima of disjoint column blocks of a ``(c, G)`` distance block.
+
+    Block ``b < nb`` holds the ``_BLOCK`` columns ``b, b + nb, b + 2 nb, ...``
+    (a strided partition: the minimum is ``_BLOCK - 1`` element-wise minima of
+    contiguous rows, one cheap read pass); the ``G - nb * _BLOCK`` tail columns
+    are singleton blocks ``nb, nb + 1, ...``.  NaN propagates into a block's
+    minimum, so a row with a NaN anywhere has a NaN block minimum.
+    """
+
+    def __init__(self, dist: torch.Tensor) -> None:
+        c, g = dist.shape
+        self.nb = g // _BLOCK
+        self.g_floor = self.nb * _BLOCK
+        mins = torch.amin(dist[:, : self.g_floor].unflatten(1, (_BLOCK, self.nb)), dim=1)
+        self.mins = torch.cat((mins, dist[:, self.g_floor :]), dim=1)  # (c, nb + tail)
+
+    def columns(self, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Columns ``(c, k * _BLOCK)`` of blocks ``(c, k)``, and a validity mask
+        (a tail block repeats its single column, valid once)."""
+        j = torch.arange(_BLOCK, device=blocks.device)
+        in_main = (blocks < self.nb).unsqueeze(2)
+        cols = torch.where(in_main, blocks.unsqueeze(2) + j * self.nb,
+                           (blocks + (self.g_floor - self.nb)).unsqueeze(2))
+        valid = in_main | (j == 0)
+        return cols.flatten(1), valid.flatten(1)
+
+
+def _use_blocks(num_l: int, g: int) -> bool:
+    """Block minima pay off when the candidate columns are a small part of a row."""
+    return 4 * (num_l + 2) * _BLOCK <= g
+
+
+def _top_l(
+    dist: torch.Tensor,
+    num_l: int,
+    gidx: torch.Tensor,
+    self_cols: torch.Tensor | None,
+    bm: _BlockMins | None,
+) -> np.ndarray:
+    """Gallery indices ``(c, L)`` (numpy int64) of the ``L`` nearest valid gallery
+    items of every row, in exact stable order (distance, then gallery index).
+
+    ``dist`` already holds ``+inf`` at the query's own column (``self_cols``).
+    With block minima ``bm``, the ``L + 1`` blocks with the smallest minima hold
+    the ``L + 1`` smallest values, so ``topk`` runs on those blocks only.  The
+    small ``(c, L + 1)`` selection is post-processed with numpy.
+    """
+    c, g = dist.shape
+    k_sel = min(num_l + 1, g)
+    ok_extra = None
+    if bm is not None:
+        bvals, blocks = torch.topk(bm.mins, num_l + 2, dim=1, largest=False, sorted=True)
+        cols, valid = bm.columns(blocks[:, : num_l + 1])
+        cand = torch.gather(dist, 1, cols).masked_fill_(~valid, float("inf"))
+        vals_t, pos_t = torch.topk(cand, k_sel, dim=1, largest=False, sorted=False)
+        idx_t = torch.gather(cols, 1, pos_t)
+        # every item <= the L-th value must lie in a selected block: all other
+        # blocks have minima >= the (L+2)-th smallest block minimum.  A NaN
+        # minimum hides its block's finite items: such rows take the exact path.
+        ok_extra = torch.where(torch.isnan(bm.mins).any(dim=1), float("nan"),
+                               bvals[:, num_l + 1]).cpu().numpy()
+    else:
+        vals_t, idx_t = torch.topk(dist, k_sel, dim=1, largest=False, sorted=False)
+    vals, idx = vals_t.cpu().numpy(), idx_t.cpu().numpy()
+    order = np.argsort(_np_exact_keys(vals, idx), axis=1)
+    sel = np.take_along_axis(idx, order[:, :num_l], axis=1).astype(np.int64)
+    if k_sel == num_l + 1:
+        # topk's values are right, but among tied items its choice is arbitrary:
+        # accept a row only if no tie crosses the boundary (L-th < (L+1)-th value).
+        vs = np.take_along_axis(vals, order, axis=1)
+        ok = (vs[:, num_l - 1] < vs[:, num_l]) & np.isfinite(vs[:, :num_l]).all(axis=1)
+        if ok_extra is not None:
+            ok &= vs[:, num_l - 1] < ok_extra  # (False for a NaN block minimum)
+        bad = np.flatnonzero(~ok)
+    else:  # L == G (separate gallery): every item is selected, nothing to resolve
+        bad = np.zeros(0, dtype=np.int64)
+    for rows in _row_batches(bad, g):  # exact fallback: top-L of the unique int64 keys
+        rows_t = torch.from_numpy(rows).to(dist.device)
+        keys_t = _exact_row_keys(dist[rows_t], gidx, None if self_cols is None else self_cols[rows_t])
+        sel[rows] = torch.topk(keys_t, num_l, dim=1, largest=False, sorted=True).indices.cpu().numpy()
+        del keys_t
+    return sel
+
+
+def _first_hit_ranks(
+    dist: torch.Tensor,
+    rows: np.ndarray,
+    q_lab: np.ndarray,
+    g_order: np.ndarray,
+    g_start: np.ndarray,
+    g_count: np.ndarray,
+    gidx: torch.Tensor,
+    self_cols: torch.Tensor | None,
+    work: torch.Tensor,
+    bm: _BlockMins | None,
+    max_k: int,
+) -> np.ndarray:
+    """1-based rank of the first hit of each chunk row in ``rows`` (all have
+    ``R > 0``), exact when it is ``<= max_k``; ranks beyond ``max_k`` may be
+    returned as ``max_k + 1``.
+
+    Args:
+        dist: ``(c, G)`` fp32 distances (``+inf`` at the query's own column).
+        rows: chunk rows to process (numpy int64).
+        q_lab: dense labels of the chunk's queries (numpy).
+        g_order, g_start, g_count: gallery indices sorted by dense label, and
+            the start / length of every label's run in ``g_order`` (numpy).
+        gidx: ``arange(G)`` on the device.
+        self_cols: the query's own gallery column per chunk row, or None.
+        work: ``(c, G)`` fp32 scratch buffer (used when most rows need the pass).
+        bm: block minima of ``dist`` or None.
+        max_k: the largest K of interest.
+    """
+    dev = dist.device
+    c, g = dist.shape
+    n = rows.size
+    lab = q_lab[rows]
+    # Same-label items of every row, listed sparsely (the query itself excluded).
+    cnt = g_count[lab]
+    m_rows = np.repeat(np.arange(n), cnt)
+    first = np.cumsum(cnt) - cnt
+    m_cols = g_order[np.arange(m_rows.size) - first[m_rows] + g_start[lab][m_rows]]
+    if self_cols is not None:
+        own = self_cols.cpu().numpy()[rows]
+        keep = m_cols != own[m_rows]
+        m_rows, m_cols = m_rows[keep], m_cols[keep]
+    m_vals = dist[torch.from_numpy(rows[m_rows]).to(dev), torch.from_numpy(m_cols).to(dev)].cpu().numpy()
+    m_keys = _np_exact_keys(m_vals, m_cols)
+    key1 = np.full(n, _INT64_MAX, dtype=np.int64)
+    np.minimum.at(key1, m_rows, m_keys)
+    is_first = m_keys == key1[m_rows]
+    d1 = np.zeros(n, dtype=np.float32)
+    d1[m_rows[is_first]] = m_vals[is_first]
+
+    ranks = np.full(n, max_k + 1, dtype=np.int64)
+    todo = np.arange(n)
+    if bm is not None:
+        # Every block whose minimum is < d1 holds an item ranked before the
+        # first hit: with max_k such blocks, the first hit is beyond max_k.
+        # (Counted as -sum(min(sign(m - d1), 0)) in fp32: fast, exact; NaN -> exact path.)
+        d1_t = torch.from_numpy(d1).to(dev).unsqueeze(1)
+        mins = bm.mins if n == c else bm.mins[torch.from_numpy(rows).to(dev)]
+        below = torch.sub(mins, d1_t).sign_().clamp_(max=0.0).sum(dim=1)
+        todo = np.flatnonzero(~(-below.cpu().numpy() >= max_k))
+        if todo.size == 0:
+            return ranks
+    t_rows, t_d1 = rows[todo], d1[todo]
+    nt = todo.size
+
+    # One pass: s = sign(d - d1); #smaller = (sum|s| - sum s) / 2, #equal = G - sum|s|.
+    # Exact integer sums (fp32 while G < 2**24); a spurious 0 (denormal flush)
+    # only sends the row to the exact path below.  When most rows need it, the
+    # pass runs over the whole block (no row gather).
+    sum_dtype = torch.float32 if g < (1 << 24) else torch.float64
+    full = 2 * nt >= c
+    if full:
+        d1_all = np.zeros(c, dtype=np.float32)
+        d1_all[t_rows] = t_d1
+        buf = torch.sub(dist, torch.from_numpy(d1_all).to(dev).unsqueeze(1), out=work[:c])
+    else:
+        # (advanced indexing: torch.index_select on CPU is ~50x slower here)
+        buf = dist[torch.from_numpy(t_rows).to(dev)]
+        buf.sub_(torch.from_numpy(t_d1).to(dev).unsqueeze(1))
+    buf.sign_()
+    s1 = buf.sum(dim=1, dtype=sum_dtype)
+    buf.abs_()
+    s2 = buf.sum(dim=1, dtype=sum_dtype)
+    s12 = torch.stack((s1, s2)).cpu().numpy().astype(np.float64)
+    s1, s2 = (s12[0][t_rows], s12[1][t_rows]) if full else (s12[0], s12[1])
+    ok = np.isfinite(t_d1) & np.isfinite(s1) & np.isfinite(s2) & (s2 == g - 1)
+    ranks[todo] = np.where(ok, np.round((np.where(ok, s2, 0) - np.where(ok, s1, 0)) / 2), 0) + 1
+
+    for b in _row_batches(todo[~ok], g):  # ties at d1, non-finite values: exact keys
+        b_t = torch.from_numpy(rows[b]).to(dev)
+        keys_t = _exact_row_keys(dist[b_t], gidx, None if self_cols is None else self_cols[b_t])
+        key1_t = torch.from_numpy(key1[b]).to(dev)
+        ranks[b] = (keys_t < key1_t.unsqueeze(1)).sum(dim=1).cpu().numpy() + 1
+        del keys_t
+    return ranks
+
+
+# ---------------------------------------------------------------------------
+# NMI
+# ---------------------------------------------------------------------------
+def nmi(labels_true: LabelArray, labels_pred: LabelArray) -> float:
+    """Normalized mutual information with the arithmetic-mean normaliser.
+
+    ``NMI = I(U; V) / ((H(U) + H(V)) / 2)`` with natural logarithms, computed
+    in float64 from the contingency table.  Limit cases follow scikit-learn's
+    ``normalized_mutual_info_score``: ``1.0`` when both labelings have a single
+    class (or are empty), ``0.0`` when the mutual information is 0.
+    """
+    u = np.asarray(labels_true).reshape(-1)
+    v = np.asarray(labels_pred).reshape(-1)
+    if u.shape != v.shape:
+        raise ValueError(f"label arrays differ in length: {u.size} vs {v.size}")
+    _, ui = np.unique(u, return_inverse=True)
+    _, vi = np.unique(v, return_inverse=True)
+    nu, nv = int(ui.max(initial=-1)) + 1, int(vi.max(initial=-1)) + 1
+    if nu == nv and nu <= 1:
+        return 1.0
+    if nu == 1 or nv == 1:
+        return 0.0
+    n = float(u.size)
+    cells, counts = np.unique(ui.astype(np.int64) * nv + vi, return_counts=True)
+    a = np.bincount(ui, minlength=nu).astype(np.float64)
+    b = np.bincount(vi, minlength=nv).astype(np.float64)
+    nij = counts.astype(np.float64)
+    terms = nij / n * (np.log(nij) + math.log(n) - np.log(a[cells // nv] * b[cells % nv]))
+    terms = np.where(np.abs(terms) < np.finfo(np.float64).eps, 0.0, terms)
+    mi = max(float(terms.sum()), 0.0)
+    if mi == 0.0:
+        return 0.0
+    h_u = -float(np.sum(a / n * np.log(a / n)))
+    h_v = -float(np.sum(b / n * np.log(b / n)))
+    normaliser = max((h_u + h_v) / 2.0, float(np.finfo(np.float64).eps))
+    return float(mi / normaliser)
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, str]:
+    """Cluster ids of the rows of ``x`` (float32) by k-means; and the backend."""
+    try:
+        import faiss  # type: ignore[import-not-found]
+    except ImportError:
+        faiss = None
+    if faiss is not None:
+        km = faiss.Kmeans(x.shape[1], k, niter=_KMEANS_NITER, seed=int(seed), verbose=False)
+        km.train(x)
+        _, assign = km.index.search(x, 1)
+        return assign.reshape(-1).astype(np.int64), "faiss"
+    try:
+        from sklearn.cluster import KMeans
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("NMI needs faiss (faiss-cpu / faiss-gpu) or scikit-learn") from exc
+    km = KMeans(n_clusters=k, n_init=1, max_iter=_KMEANS_NITER, random_state=int(seed))
+    return km.fit_predict(x).astype(np.int64), "sklearn"
+
+
+def _nmi_score(labels: np.ndarray, clusters: np.ndarray) -> float:
+    try:
+        from sklearn.metrics import normalized_mutual_info_score
+    except ImportError:
+        return nmi(labels, clusters)
+    return float(normalized_mutual_info_score(labels, clusters))
+
+
+# ---------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------
+def retrieval_metrics(
+    query_feats: torch.Tensor,
+    query_labels: LabelArray,
+    gallery_feats: torch.Tensor | None = None,
+    gallery_labels: LabelArray | None = None,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    metric: str = "euclidean",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    with_map_at_r: bool = True,
+    nmi_runs: int = 0,
+    nmi_seed: int = 0,
+    num_clusters: int | None = None,
+) -> dict[str, Any]:
+    """Exact retrieval evaluation: Recall@K, MAP@R, R-precision, mARP and NMI.
+
+    See the module docstring for the definitions and the algorithm.  Distances
+    are computed in fp32 (features of any float dtype are cast to float32) on
+    the device of the features, ``chunk_size`` queries at a time; per-chunk
+    temporaries are about ``8 * chunk_size * G`` bytes plus ``O(chunk_size *
+    L)`` for the selected neighbours (``L`` = largest ``R`` of the chunk,
+    and the ``K`` values up to 32); the gallery is cast to fp32 once if
+    needed and never copied per chunk.
+
+    Args:
+        query_feats: ``(Q, D)`` query features.
+        query_labels: ``Q`` integer labels (tensor, ndarray or list).
+        gallery_feats: ``(G, D)`` gallery features on the same device, or
+            ``None``: then the query set is the gallery and every query is
+            excluded from its own gallery by index.
+        gallery_labels: ``G`` integer labels; given iff ``gallery_feats`` is.
+        ks: the ``K`` of Recall@K (positive ints); a ``K`` larger than the
+            gallery behaves like the gallery size.
+        metric: ``"euclidean"`` (ranked by squared Euclidean distance) or
+            ``"cosine"`` (ranked by ``-cos``).
+        chunk_size: number of queries per chunk.
+        with_map_at_r: also compute ``MAP@R``, ``R-precision`` and ``mARP``.
+        nmi_runs: number of k-means runs for NMI (0: no NMI).
+        nmi_seed: seed of the first k-means run (run ``i`` uses
+            ``nmi_seed + i``).
+        num_clusters: k of k-means; default the number of distinct query labels.
+
+    Returns:
+        dict with ``R@{k}`` for every ``k`` in ``ks`` (floats), ``MAP@R``,
+        ``R-precision``, ``mARP`` (floats, if ``with_map_at_r``),
+        ``num_query``, ``num_valid_query`` (queries with ``R > 0``, those
+        averaged over), ``num_skipped_query`` (queries with ``R = 0``) and, if
+        ``nmi_runs > 0``, ``NMI`` (float, mean over the runs) and
+        ``NMI_backend`` (``"faiss"`` or ``"sklearn"``: the k-means used).
+
+    Raises:
+        ValueError: on inconsistent shapes/arguments, an unknown ``metric``,
+            or if no query has a same-label gallery item.
+    """
+    if metric not in VALID_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid metrics are {list(VALID_METRICS)}")
+    ks = tuple(int(k) for k in ks)
+    if len(ks) == 0 or min(ks) < 1:
+        raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks}")
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    chunk_size = int(chunk_size)
+    if (gallery_feats is None) != (gallery_labels is None):
+        raise ValueError("gallery_feats and gallery_labels must be given together")
+    self_mode = gallery_feats is None
+    if self_mode:
+        gallery_feats = query_feats
+    assert gallery_feats is not None
+    if query_feats.dim() != 2 or gallery_feats.dim() != 2:
+        raise ValueError(
+            "features must be 2-D (N, D), got shapes "
+            f"{tuple(query_feats.shape)} and {tuple(gallery_feats.shape)}"
+        )
+    if query_feats.shape[1] != gallery_feats.shape[1]:
+        raise ValueError(
+            f"feature dimensions differ: query {query_feats.shape[1]} vs gallery {gallery_feats.shape[1]}"
+        )
+    if query_feats.device != gallery_feats.device:
+        raise ValueError(
+            f"query_feats is on {query_feats.device} but gallery_feats is on {gallery_feats.device}"
+        )
+    nmi_runs = int(nmi_runs)
+    if nmi_runs < 0:
+        raise ValueError(f"nmi_runs must be >= 0, got {nmi_runs}")
+
+    device = query_feats.device
+    num_q, num_g = query_feats.shape[0], gallery_feats.shape[0]
+    q_lab_cpu = _as_label_tensor(query_labels, num_q, "query_labels")
+    g_lab_cpu = q_lab_cpu if self_mode else _as_label_tensor(gallery_labels, num_g, "gallery_labels")
+    # Dense label ids shared by queries and gallery.
+    uniq, inv = torch.unique(torch.cat((q_lab_cpu, g_lab_cpu)), return_inverse=True)
+    q_dense, g_dense = inv[:num_q], inv[num_q:]
+    g_count_cpu = torch.bincount(g_dense, minlength=uniq.numel())
+    r_all = (g_count_cpu[q_dense] - int(self_mode)).numpy()  # R of every query
+    num_valid_gal = num_g - int(self_mode)
+
+    first_rank = np.zeros(num_q, dtype=np.int64)  # 0: no hit found / skipped
+    map_r = np.zeros(num_q, dtype=np.float64)
+    r_prec = np.zeros(num_q, dtype=np.float64)
+    marp = np.zeros(num_q, dtype=np.float64)
+    valid_all = r_all > 0
+    max_k = max(ks)
+    small_k = max([k for k in ks if k <= _TOPK_CAP], default=1)
+    no_hit_rank = np.iinfo(np.int64).max
+
+    with torch.no_grad():
+        if num_q > 0 and num_valid_gal > 0 and valid_all.any():
+            q_lab_np = q_dense.numpy()
+            g_count_np = g_count_cpu.numpy()
+            g_order_np = torch.sort(g_dense, stable=True).indices.numpy()
+            g_start_np = np.cumsum(g_count_np) - g_count_np
+            g_lab_np = g_dense.numpy()
+            gidx = torch.arange(num_g, dtype=torch.int64, device=device)
+            gal = gallery_feats.detach().to(torch.float32)  # no copy if already fp32
+            if metric == "euclidean":
+                g_aux = _row_sq_norms(gal)  # ||g||^2
+            else:  # cosine: 1 / ||g||
+                g_aux = _row_sq_norms(gal).sqrt_().clamp_(min=_NORM_EPS).reciprocal_()
+            cs = min(chunk_size, num_q)
+            dist_buf = torch.empty((cs, num_g), dtype=torch.float32, device=device)
+            work: torch.Tensor | None = None  # lazily allocated scratch for the counting pass
+
+            for start in range(0, num_q, cs):
+                stop = min(start + cs, num_q)
+                c = stop - start
+                r_chunk = r_all[start:stop]
+                if not (r_chunk > 0).any():
+                    continue
+                q = gal[start:stop] if self_mode else query_feats[start:stop].detach().to(torch.float32)
+
+                # --- (c, G) fp32 distances (ranking-equivalent) ---------------
+                if metric == "euclidean":  # ||g||^2 - 2 q.g
+                    dist = torch.addmm(g_aux.unsqueeze(0), q, gal.t(), beta=1.0, alpha=-2.0,
+                                       out=dist_buf[:c])
+                else:  # cosine: -(q/|q|).g / |g|
+                    qn = q / _row_sq_norms(q).sqrt_().clamp_(min=_NORM_EPS).neg_().unsqueeze(1)
+                    dist = torch.mm(qn, gal.t(), out=dist_buf[:c])
+                    dist.mul_(g_aux.unsqueeze(0))
+                self_cols = None
+                if self_mode:
+                    self_cols = torch.arange(start, stop, device=device)
+                    dist[torch.arange(c, device=device), self_cols] = float("inf")
+
+                # --- exact top-L neighbours, hits ------------------------------
+                num_l = small_k
+                if with_map_at_r:
+                    num_l = max(num_l, int(r_chunk.max()))
+                num_l = max(1, min(num_l, num_valid_gal))
+                bm = _BlockMins(dist) if _use_blocks(num_l, num_g) else None
+                sel = _top_l(dist, num_l, gidx, self_cols, bm)
+                rel = g_lab_np[sel] == q_lab_np[start:stop, None]
+                has_hit = rel.any(axis=1)
+                rank1 = np.where(has_hit, np.argmax(rel, axis=1) + 1, 0)
+
+                # --- rank of the first hit beyond L, when some K > L -----------
+                if max_k > num_l:
+                    need = np.flatnonzero((r_chunk > 0) & ~has_hit)
+                    if need.size > 0:
+                        if work is None:
+                            work = torch.empty((cs, num_g), dtype=torch.float32, device=device)
+                        rank1[need] = _first_hit_ranks(dist, need, q_lab_np[start:stop], g_order_np,
+                                                       g_start_np, g_count_np, gidx, self_cols, work,
+                                                       bm, max_k)
+                first_rank[start:stop] = np.where(rank1 > 0, rank1, no_hit_rank)
+
+                # --- MAP@R, R-precision, mARP (float64) -----------------------
+                if with_map_at_r:
+                    rr = r_chunk.astype(np.int64)
+                    pos = np.arange(1, num_l + 1, dtype=np.int64)
+                    rel_r = rel & (pos[None, :] <= rr[:, None])
+                    cum = np.cumsum(rel_r, axis=1)
+                    ap_sum = np.where(rel_r, cum / pos[None, :], 0.0).sum(axis=1)
+                    hits_r = cum[:, -1]
+                    ok = rr > 0
+                    den = np.where(ok, rr, 1)
+                    map_r[start:stop] = np.where(ok, ap_sum / den, 0.0)
+                    r_prec[start:stop] = np.where(ok, hits_r / den, 0.0)
+                    marp[start:stop] = np.where(hits_r > 0, ap_sum / np.maximum(hits_r, 1), 0.0)
+                del dist, bm
+
+    num_valid = int(valid_all.sum())
+    if num_valid == 0:
+        raise ValueError(
+            "no query has a same-label item in the gallery; check that query and gallery "
+            "share labels (in the query = gallery case, a label needs at least 2 items)"
+        )
+    result: dict[str, Any] = {}
+    fr = first_rank[valid_all]
+    for k in ks:
+        result[f"R@{k}"] = float(np.mean(fr <= k))
+    if with_map_at_r:
+        result["MAP@R"] = float(np.mean(map_r[valid_all]))
+        result["R-precision"] = float(np.mean(r_prec[valid_all]))
+        result["mARP"] = float(np.mean(marp[valid_all]))
+    result["num_query"] = int(num_q)
+    result["num_valid_query"] = num_valid
+    result["num_skipped_query"] = int(num_q - num_valid)
+
+    if nmi_runs > 0:
+        x = query_feats.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+        labels_np = q_lab_cpu.numpy()
+        k = int(num_clusters) if num_clusters is not None else int(np.unique(labels_np).size)
+        if k < 1:
+            raise ValueError(f"num_clusters must be >= 1, got {k}")
+        k = min(k, num_q)
+        scores = []
+        backend = ""
+        for run in range(nmi_runs):
+            clusters, backend = _kmeans(x, k, nmi_seed + run)
+            scores.append(_nmi_score(labels_np, clusters))
+        result["NMI"] = float(np.mean(scores))
+        result["NMI_backend"] = backend
+    return result
