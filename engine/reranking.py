@@ -28,11 +28,14 @@ Definitions (over all ``N = Q + G`` items, queries first)
 
 Implementations
 ---------------
-:func:`k_reciprocal_dense` follows the definitions with ``N x N`` matrices (about
-30 bytes per item pair: only for small problems and as the reference).
+:func:`k_reciprocal_dense` follows the definitions with ``N x N`` matrices (peak
+about 24 bytes per item pair, and ``O(N^3)`` work for the set intersections:
+only for small problems and as the reference).
 :class:`KReciprocalReranker` never forms an ``N x N`` array: the ``N(p, k)``
-lists and ``M_p`` come from ``chunk_size x N`` distance blocks (``topk`` with
-exact tie handling), ``V`` is stored sparsely (CSR: at most
+lists and ``M_p`` come from ``chunk_size x N`` distance blocks of the upper
+triangle of the symmetric distance matrix (half the matrix-product work; each
+block also serves the later items through its transpose; ``topk`` with exact
+tie handling), ``V`` is stored sparsely (CSR: at most
 ``(k1 + 1)(k1h + 2)`` non-zeros per row before query expansion, ``k2`` times
 that after), and the final distances are produced per query chunk: the
 Jaccard term from the query rows of ``V`` and an inverted index (column
@@ -62,12 +65,12 @@ __all__ = [
 #: Largest ``Q + G`` for which :func:`k_reciprocal_distances` runs the dense path.
 DEFAULT_MAX_DENSE_ITEMS = 4096
 #: Approximate peak bytes per (item, item) pair of :func:`k_reciprocal_dense`.
-_DENSE_BYTES_PER_PAIR = 30
+_DENSE_BYTES_PER_PAIR = 24
 # Scratch budgets of the sparse path (elements): gathered feature values when
 # computing the kernel weights, and (query entry, gallery row) pairs per
 # Jaccard sub-batch.
-_GATHER_BUDGET = 1 << 23
-_PAIR_BUDGET = 1 << 22
+_GATHER_BUDGET = 1 << 22
+_PAIR_BUDGET = 1 << 21
 
 
 # ---------------------------------------------------------------------------
@@ -144,7 +147,8 @@ def k_reciprocal_dense(
     """k-reciprocal re-ranked ``(Q, G)`` distances with dense ``N x N`` matrices.
 
     Straightforward transcription of the definitions in the module docstring;
-    needs about ``30 (Q + G)^2`` bytes, so use it only for small problems (see
+    needs about ``24 (Q + G)^2`` bytes (measured peak) and ``O((Q + G)^3)``
+    work, so use it only for small problems (see
     :func:`k_reciprocal_distances` and :class:`KReciprocalReranker`).
     """
     _check_inputs(query_feats, gallery_feats, k1, k2, lambda_value)
@@ -156,8 +160,10 @@ def k_reciprocal_dense(
         sq = _row_sq_norms(x)
         d = _sq_dists(x, sq, x, sq)
         d.fill_diagonal_(0.0)
-        dn = d / _safe_max(d.max(dim=1).values).unsqueeze(1)  # original distance d~
-        rank = torch.sort(d, dim=1, stable=True).indices  # N(p, .) lists, ties by index
+        # N(p, .) lists: ascending d, ties by index; only the first columns are used
+        kmax = min(max(k1, k2) + 1, n)
+        rank = torch.sort(d, dim=1, stable=True).indices[:, :kmax].clone()
+        dn = d.div_(_safe_max(d.max(dim=1).values).unsqueeze(1))  # original distance d~, in place
         del d
 
         def reciprocal(k: int) -> torch.Tensor:
@@ -169,25 +175,28 @@ def k_reciprocal_dense(
         rh = reciprocal(_half_k(k1))
         r1f, rhf = r1.float(), rh.float()
         inter = r1f @ rhf.t()  # inter[p, q] = |R(p, k1) n R(q, k1h)| (exact small integers)
+        del r1f
         accept = r1 & (3.0 * inter > 2.0 * rhf.sum(dim=1).unsqueeze(0))
+        del inter
         expanded = r1 | ((accept.float() @ rhf) > 0)  # R*(p)
-        del inter, accept, r1f, rhf, r1, rh
+        del accept, rhf, r1, rh
 
-        w = torch.where(expanded, torch.exp(-dn), torch.zeros_like(dn))
-        v = w / w.sum(dim=1, keepdim=True)
-        del w, expanded
+        v = torch.exp(-dn).mul_(expanded)
+        del expanded
+        v /= v.sum(dim=1, keepdim=True)
         k2e = min(k2, n)
         if k2e > 1:  # local query expansion
-            v_qe = v[rank[:, 0]].clone()
+            v_qe = v[rank[:, 0]]
             for t in range(1, k2e):
                 v_qe += v[rank[:, t]]
             v = v_qe.div_(k2e)
+            del v_qe
 
-        v_gal = v[num_q:]
+        v_gal_t = v[num_q:].t().contiguous()  # (N, G): row j = V[g, j] over the gallery
         m = torch.empty((num_q, n - num_q), dtype=torch.float32, device=x.device)
-        for i in range(num_q):  # sum_j min(V[i, j], V[g, j]) over the non-zeros of row i
+        for i in range(num_q):  # sum_j min(V[i, j], V[g, j]) over the non-zeros j of row i
             nz = v[i].nonzero().squeeze(1)
-            m[i] = torch.minimum(v[i, nz].unsqueeze(0), v_gal[:, nz]).sum(dim=1)
+            m[i] = torch.minimum(v[i, nz].unsqueeze(1), v_gal_t[nz]).sum(dim=0)
         jaccard = 1.0 - m / (2.0 - m)
         return (1.0 - lam) * jaccard + lam * dn[:num_q, num_q:]
 
@@ -222,23 +231,77 @@ def k_reciprocal_distances(
 # ---------------------------------------------------------------------------
 # Memory-bounded (sparse, chunked) form
 # ---------------------------------------------------------------------------
-def _smallest_k_stable(block: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` smallest values of each row, ordered by (value, index).
+def _pack(vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordered like (value, index) for non-negative fp32 values
+    (``abs`` turns ``-0.0`` into ``+0.0``; the bits of non-negative floats,
+    ``+inf`` included, are monotone as integers); ``0 <= idx < 2**31``."""
+    bits = vals.abs().contiguous().view(torch.int32).to(torch.int64)
+    return (bits << 32) | idx
 
-    Same result as ``torch.sort(block, dim=1, stable=True).indices[:, :k]``:
-    ``topk`` picks the candidates; rows where more than ``k`` values are
-    ``<=`` the k-th smallest (a tie across the cut) are fully sorted.
+
+def _unpack_index(keys: torch.Tensor) -> torch.Tensor:
+    return keys & 0xFFFFFFFF
+
+
+def _smallest_k_keys(block: torch.Tensor, k: int, offset: int) -> torch.Tensor:
+    """Packed (value, offset + column) keys of the ``k`` smallest values of each
+    row of a non-negative block, ascending: the same selection and order as
+    ``torch.sort(block, dim=1, stable=True)`` (ties by column).
+
+    ``topk`` picks ``k + 1`` candidates; the selection is re-sorted by key
+    (ties inside it), and rows whose ``(k+1)``-th smallest value equals the
+    ``k``-th (a tie across the cut) are fully sorted.
     """
-    vals, idx = torch.topk(block, k, dim=1, largest=False, sorted=True)
-    o = torch.argsort(idx, dim=1)  # order the selection by (value, index)
-    idx, vals = idx.gather(1, o), vals.gather(1, o)
-    o = torch.argsort(vals, dim=1, stable=True)
-    idx = idx.gather(1, o)
-    n_le = (block <= vals.gather(1, o[:, -1:])).sum(dim=1)
-    tied = (n_le > k).nonzero().squeeze(1)
-    if tied.numel() > 0:
-        idx[tied] = torch.sort(block[tied], dim=1, stable=True).indices[:, :k]
-    return idx
+    width = block.shape[1]
+    vals, idx = torch.topk(block, min(k + 1, width), dim=1, largest=False, sorted=True)
+    keys = _pack(vals[:, :k], idx[:, :k] + offset).sort(dim=1).values
+    if k < width:
+        rows = (vals[:, k] == vals[:, k - 1]).nonzero().squeeze(1)
+        if rows.numel() > 0:
+            sub = block[rows]
+            top = torch.sort(sub, dim=1, stable=True).indices[:, :k]
+            keys[rows] = _pack(sub.gather(1, top), top + offset)
+    return keys
+
+
+def _smallest_k_stable(block: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` smallest values of each row of a non-negative block,
+    ordered by (value, index): ``torch.sort(block, dim=1, stable=True).indices[:, :k]``."""
+    return _unpack_index(_smallest_k_keys(block, k, 0))
+
+
+def _knn_lists(x: torch.Tensor, sq: torch.Tensor, k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ranking lists ``(N, k)`` (ascending squared distance, ties by index, with
+    ``d(p, p) = 0``) and row maxima ``(N,)`` of all items, without an ``N x N`` array.
+
+    Row band ``[s, e)`` is compared only with the items ``>= s`` (one
+    ``chunk x (N - s)`` block, so the matrix products cover half of the
+    symmetric matrix): the block's rows feed the band's own lists and its
+    transpose feeds the lists of the later items.  Each row keeps its ``k``
+    smallest candidates as packed (value, index) keys, merged exactly after
+    every band.
+    """
+    n, dev = x.shape[0], x.device
+    # sentinel keys (+inf, index n) sort after every real candidate
+    run = torch.full((n, k), (0x7F800000 << 32) | n, dtype=torch.int64, device=dev)
+    row_max = torch.zeros(n, dtype=torch.float32, device=dev)
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        c = e - s
+        block = _sq_dists(x[s:e], sq[s:e], x[s:], sq[s:])  # (c, N - s)
+        ar = torch.arange(c, device=dev)
+        block[ar, ar] = 0.0
+        torch.maximum(row_max[s:e], block.max(dim=1).values, out=row_max[s:e])
+        keys = _smallest_k_keys(block, min(k, n - s), s)
+        run[s:e] = torch.cat((run[s:e], keys), dim=1).sort(dim=1).values[:, :k]
+        if e < n:  # the same distances seen from the later items
+            block_t = block[:, c:].t().contiguous()  # (N - e, c)
+            del block
+            torch.maximum(row_max[e:], block_t.max(dim=1).values, out=row_max[e:])
+            keys = _smallest_k_keys(block_t, min(k, c), s)
+            run[e:] = torch.cat((run[e:], keys), dim=1).sort(dim=1).values[:, :k]
+            del block_t
+    return _unpack_index(run), row_max
 
 
 def _ranges(starts: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,17 +370,8 @@ class KReciprocalReranker:
         k2e = min(self.k2, n)
         kmax = max(k1p, khp, k2e)
 
-        # 1. ranking lists and row maxima, from chunk x N blocks.
-        rank = torch.empty((n, kmax), dtype=torch.int64, device=dev)
-        row_max = torch.empty(n, dtype=torch.float32, device=dev)
-        for s in range(0, n, cs):
-            e = min(s + cs, n)
-            block = _sq_dists(self._x[s:e], self._sq[s:e], self._x, self._sq)
-            ar = torch.arange(e - s, device=dev)
-            block[ar, ar + s] = 0.0
-            row_max[s:e] = block.max(dim=1).values
-            rank[s:e] = _smallest_k_stable(block, kmax)
-            del block
+        # 1. ranking lists and row maxima, from chunk x N blocks (upper triangle).
+        rank, row_max = _knn_lists(self._x, self._sq, kmax, cs)
         self._row_max = _safe_max(row_max)
 
         # 2. k-reciprocal membership of each slot of N(p, k1) and N(p, k1h).
@@ -422,21 +476,35 @@ class KReciprocalReranker:
                 raise IndexError(f"query indices must be in [0, {self.num_query})")
             c, g, qn = qi.numel(), self.num_gallery, self.num_query
 
-            # Jaccard: m[i, g] = sum over the non-zeros j of V[q_i] of min(V[q_i, j], V[g, j]).
+            # Jaccard: m[i, g] = sum over the non-zeros j of V[q_i] of min(V[q_i, j], V[g, j]),
+            # one (query entry, gallery entry) pair per shared column j, in sub-batches
+            # of at most ~_PAIR_BUDGET pairs (or one query entry).
             acc = torch.zeros(c * g, dtype=torch.float32, device=self.device)
             pos, owner = _ranges(self._v_ptr[qi], self._v_ptr[qi + 1] - self._v_ptr[qi])
             j, vq = self._v_cols[pos], self._v_vals[pos]
-            cnt = self._inv_ptr[j + 1] - self._inv_ptr[j]
+            start = self._inv_ptr[j]
+            cnt = self._inv_ptr[j + 1] - start
             cum = torch.cumsum(cnt, 0)
+            target_base = owner * g
             s = 0
-            while s < j.numel():  # sub-batches of at most ~_PAIR_BUDGET pairs
+            while s < j.numel():
                 base = int(cum[s - 1]) if s > 0 else 0
                 e = int(torch.searchsorted(cum, base + _PAIR_BUDGET, right=True))
                 e = min(max(e, s + 1), j.numel())
-                ppos, pown = _ranges(self._inv_ptr[j[s:e]], cnt[s:e])
-                pown += s
-                mins = torch.minimum(vq[pown], self._inv_vals[ppos])
-                acc.index_add_(0, owner[pown] * g + self._inv_rows[ppos], mins)
+                cb = cnt[s:e]
+                num_pairs = int(cum[e - 1]) - base
+                if num_pairs > 0:
+                    pown = torch.repeat_interleave(
+                        torch.arange(e - s, device=self.device), cb, output_size=num_pairs
+                    )
+                    # position in the inverted index: start[entry] + (pair - first pair of entry)
+                    ppos = (start[s:e] - (cum[s:e] - cb - base))[pown]
+                    ppos += torch.arange(num_pairs, device=self.device)
+                    target = target_base[s:e][pown]
+                    target += self._inv_rows[ppos]
+                    val = vq[s:e][pown]
+                    torch.minimum(val, self._inv_vals[ppos], out=val)
+                    acc.index_add_(0, target, val)
                 s = e
             m = acc.view(c, g)
             jaccard = 1.0 - m / (2.0 - m)

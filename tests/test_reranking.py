@@ -135,6 +135,20 @@ def test_smallest_k_stable_matches_stable_sort():
         assert torch.equal(got, exp)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 8, 50])
+def test_knn_lists_match_full_stable_sort(chunk):
+    # integer features: exact distances with many ties and duplicate items
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 3, (47, 3), generator=g).float()
+    sq = (x * x).sum(dim=1)
+    d = torch.cdist(x.double(), x.double()).pow(2).float()
+    d.fill_diagonal_(0.0)
+    for k in (1, 6, 21, 47):
+        rank, row_max = rr._knn_lists(x, sq, k, chunk)
+        assert torch.equal(rank, torch.sort(d, dim=1, stable=True).indices[:, :k])
+        assert torch.equal(row_max, d.max(dim=1).values)
+
+
 def _clustered(seed: int, num_ids: int = 40, per_id: int = 8, dim: int = 32, noise: float = 1.1):
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(num_ids, dim))

@@ -185,3 +185,43 @@ def test_cli_train_then_test(market_root, tmp_path):
                    "OUTPUT_DIR", str(tmp_path / "cli_test"))
     assert proc.returncode == 0, proc.stderr
     assert "mAP" in proc.stdout and (tmp_path / "cli_test/test_metrics.json").is_file()
+
+
+def test_test_py_with_k_reciprocal_re_ranking(market_root, finished_run, tmp_path):
+    from engine.reranking import k_reciprocal_dense
+    from engine.metrics import reid_metrics
+
+    opts = tiny_opts(market_root, tmp_path / "rr", **{"TEST.WEIGHT": str(finished_run / "best.pt"),
+                                                       "TEST.RE_RANKING": "yes", "TEST.RE_RANKING_K1": "6",
+                                                       "TEST.RE_RANKING_K2": "3"})
+    result = run_test(load_config(None, opts))
+    assert 0.0 < result["mAP"] <= 1.0
+    # the same numbers as the dense algorithm applied to the same embeddings
+    from data.build import build_data
+    from engine.evaluator import EmbeddingMetric, build_extractor
+    from engine.evaluation import build_eval_spec
+    from engine.precision import resolve_precision
+    from modeling import build_model
+    from modeling.weights import load_model_checkpoint
+
+    cfg = load_config(None, opts)
+    model = build_model(cfg, load_pretrained=False)
+    load_model_checkpoint(model, cfg.TEST.WEIGHT, "TEST.WEIGHT")
+    eval_set = build_data(cfg, with_train=False).eval_sets[0]
+    extractor = build_extractor(model, resolve_precision("none", torch.device("cpu")), torch.device("cpu"), "after")
+    metric = EmbeddingMetric(build_eval_spec(cfg, eval_set.splits))
+    metric.attach(extractor, "eval")
+    extractor.run(eval_set.loader)
+    feats, labels, camids = metric.gathered()
+    nq = len(eval_set.splits.query)
+    dense = k_reciprocal_dense(feats[:nq], feats[nq:], k1=6, k2=3, lambda_value=0.3)
+    expected = reid_metrics(feats[:nq], feats[nq:], labels[:nq], labels[nq:], camids[:nq], camids[nq:],
+                            distance_fn=lambda q, g: dense[: len(q)] if len(q) == nq else None, chunk_size=nq)
+    assert result["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)
+    assert result["rank1"] == pytest.approx(expected["rank1"], abs=1e-6)
+
+
+def test_re_ranking_is_refused_for_retrieval_protocol(market_root, tmp_path):
+    opts = tiny_opts(market_root, tmp_path / "x", **{"TEST.RE_RANKING": "yes", "TEST.PROTOCOL": "retrieval"})
+    with pytest.raises(ConfigError, match="RE_RANKING"):
+        run_test(load_config(None, opts))
