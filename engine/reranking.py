@@ -71,6 +71,8 @@ _DENSE_BYTES_PER_PAIR = 24
 # Jaccard sub-batch.
 _GATHER_BUDGET = 1 << 22
 _PAIR_BUDGET = 1 << 21
+# Feature rows per block for the norms and the finiteness check.
+_ROW_BLOCK = 4096
 
 
 # ---------------------------------------------------------------------------
@@ -103,8 +105,9 @@ def _check_inputs(
 def _all_feats(query_feats: torch.Tensor, gallery_feats: torch.Tensor) -> torch.Tensor:
     """``(N, D)`` fp32 features, queries first; raises on non-finite values."""
     x = torch.cat((query_feats.detach(), gallery_feats.detach())).to(torch.float32)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("features contain NaN or inf")
+    for s in range(0, x.shape[0], _ROW_BLOCK):
+        if not bool(torch.isfinite(x[s : s + _ROW_BLOCK]).all()):
+            raise ValueError("features contain NaN or inf")
     return x
 
 
@@ -114,7 +117,12 @@ def _half_k(k1: int) -> int:
 
 
 def _row_sq_norms(x: torch.Tensor) -> torch.Tensor:
-    return (x * x).sum(dim=1)
+    """Squared L2 norm of every row (fp32), in row blocks (bounded temporaries)."""
+    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    for s in range(0, x.shape[0], _ROW_BLOCK):
+        blk = x[s : s + _ROW_BLOCK]
+        out[s : s + blk.shape[0]] = (blk * blk).sum(dim=1)
+    return out
 
 
 def _sq_dists(a: torch.Tensor, a_sq: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
@@ -524,6 +532,8 @@ class KReciprocalReranker:
 
     def index_features(self) -> torch.Tensor:
         """``(Q, 1)`` fp32 query "features" holding the query indices (exact below 2**24)."""
+        if self.num_query > 2**24:
+            raise ValueError(f"{self.num_query} queries: indices above 2**24 are not exact in fp32")
         return torch.arange(self.num_query, dtype=torch.float32, device=self.device).unsqueeze(1)
 
     def distance_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
