@@ -61,6 +61,8 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 import torch
 
+from engine.feature_ops import row_sq_norms
+
 __all__ = ["reid_metrics", "retrieval_metrics", "VALID_METRICS"]
 
 #: Built-in distance metrics accepted by :func:`reid_metrics`.
@@ -73,7 +75,6 @@ _INT64_MAX = torch.iinfo(torch.int64).max
 _NORM_EPS = 1e-12
 # Gallery rows processed at once when computing gallery norms (bounds the
 # temporary used for the squared features).
-_NORM_BLOCK = 8192
 # Histogram bins per query row: about G / 8, a power of two in [16, 4096]; and
 # chunk * bins stays below 2**22 so that fp32 bin coordinates are exact enough.
 _MIN_BINS, _MAX_BINS, _MAX_CELLS = 16, 4096, 2**22
@@ -99,15 +100,6 @@ def _as_id_tensor(ids: IdArray, n: int, name: str, device: torch.device) -> torc
     if t.numel() != n:
         raise ValueError(f"{name} has {t.numel()} entries, expected {n}")
     return t.to(device=device, dtype=torch.int64)
-
-
-def _row_sq_norms(x: torch.Tensor) -> torch.Tensor:
-    """Squared L2 norm of every row of ``x`` (fp32), in row blocks."""
-    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
-    for s in range(0, x.shape[0], _NORM_BLOCK):
-        blk = x[s : s + _NORM_BLOCK]
-        out[s : s + blk.shape[0]] = (blk * blk).sum(dim=1)
-    return out
 
 
 def _exact_keys(dist_values: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
@@ -430,9 +422,9 @@ def reid_metrics(
             gal = gallery_feats.detach().to(torch.float32)  # no copy if already fp32
             if distance_fn is None:
                 if metric == "euclidean":
-                    g_aux = _row_sq_norms(gal)  # ||g||^2
+                    g_aux = row_sq_norms(gal)  # ||g||^2
                 else:  # cosine: 1 / ||g||
-                    g_aux = _row_sq_norms(gal).sqrt_().clamp_(min=_NORM_EPS).reciprocal_()
+                    g_aux = row_sq_norms(gal).sqrt_().clamp_(min=_NORM_EPS).reciprocal_()
             gidx = torch.arange(num_g, dtype=torch.int64, device=device)
             cs = min(chunk_size, num_q)
             dist_buf = torch.empty((cs, num_g), dtype=torch.float32, device=device)
@@ -455,7 +447,7 @@ def reid_metrics(
                     dist = torch.addmm(g_aux.unsqueeze(0), q, gal.t(), beta=1.0, alpha=-2.0,
                                        out=dist_buf[:c])
                 else:  # cosine: -(q/|q|).g / |g|
-                    qn = q / _row_sq_norms(q).sqrt_().clamp_(min=_NORM_EPS).neg_().unsqueeze(1)
+                    qn = q / row_sq_norms(q).sqrt_().clamp_(min=_NORM_EPS).neg_().unsqueeze(1)
                     dist = torch.mm(qn, gal.t(), out=dist_buf[:c])
                     dist.mul_(g_aux.unsqueeze(0))
 

@@ -51,6 +51,8 @@ from typing import Any, Callable
 
 import torch
 
+from engine.feature_ops import check_feature_pair, row_sq_norms
+
 from .metrics import IdArray, reid_metrics
 
 __all__ = [
@@ -81,19 +83,7 @@ _ROW_BLOCK = 4096
 def _check_inputs(
     query_feats: torch.Tensor, gallery_feats: torch.Tensor, k1: int, k2: int, lambda_value: float
 ) -> None:
-    if query_feats.dim() != 2 or gallery_feats.dim() != 2:
-        raise ValueError(
-            "query_feats and gallery_feats must be 2-D (N, D), got shapes "
-            f"{tuple(query_feats.shape)} and {tuple(gallery_feats.shape)}"
-        )
-    if query_feats.shape[1] != gallery_feats.shape[1]:
-        raise ValueError(
-            f"feature dimensions differ: query {query_feats.shape[1]} vs gallery {gallery_feats.shape[1]}"
-        )
-    if query_feats.device != gallery_feats.device:
-        raise ValueError(
-            f"query_feats is on {query_feats.device} but gallery_feats is on {gallery_feats.device}"
-        )
+    check_feature_pair(query_feats, gallery_feats)
     if query_feats.shape[0] < 1 or gallery_feats.shape[0] < 1:
         raise ValueError("re-ranking needs at least one query and one gallery item")
     if int(k1) < 1 or int(k2) < 1:
@@ -114,15 +104,6 @@ def _all_feats(query_feats: torch.Tensor, gallery_feats: torch.Tensor) -> torch.
 def _half_k(k1: int) -> int:
     """``round(k1 / 2)`` with round-half-to-even, like the common ``np.around``."""
     return int(round(k1 / 2))
-
-
-def _row_sq_norms(x: torch.Tensor) -> torch.Tensor:
-    """Squared L2 norm of every row (fp32), in row blocks (bounded temporaries)."""
-    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
-    for s in range(0, x.shape[0], _ROW_BLOCK):
-        blk = x[s : s + _ROW_BLOCK]
-        out[s : s + blk.shape[0]] = (blk * blk).sum(dim=1)
-    return out
 
 
 def _sq_dists(a: torch.Tensor, a_sq: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
@@ -165,7 +146,7 @@ def k_reciprocal_dense(
     with torch.no_grad():
         x = _all_feats(query_feats, gallery_feats)
         n = x.shape[0]
-        sq = _row_sq_norms(x)
+        sq = row_sq_norms(x)
         d = _sq_dists(x, sq, x, sq)
         d.fill_diagonal_(0.0)
         # N(p, .) lists: ascending d, ties by index; only the first columns are used
@@ -366,7 +347,7 @@ class KReciprocalReranker:
         self.num_gallery = int(gallery_feats.shape[0])
         with torch.no_grad():
             self._x = _all_feats(query_feats, gallery_feats)
-            self._sq = _row_sq_norms(self._x)
+            self._sq = row_sq_norms(self._x)
             self.device = self._x.device
             self._build()
 

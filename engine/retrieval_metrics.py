@@ -102,6 +102,8 @@ from typing import Any, Sequence, Union
 import numpy as np
 import torch
 
+from engine.feature_ops import check_feature_pair, row_sq_norms
+
 __all__ = ["retrieval_metrics", "nmi", "VALID_METRICS"]
 
 #: Distance metrics accepted by :func:`retrieval_metrics`.
@@ -119,7 +121,6 @@ DEFAULT_CHUNK_SIZE = 1024
 
 _INT64_MAX = torch.iinfo(torch.int64).max
 _NORM_EPS = 1e-12
-_NORM_BLOCK = 8192
 # K values up to this are taken from the top-L selection; larger K use the
 # counting pass of the first hit's rank (cheaper than a large top-k).
 _TOPK_CAP = 32
@@ -151,15 +152,6 @@ def _as_label_tensor(labels: LabelArray, n: int, name: str) -> torch.Tensor:
     if t.numel() != n:
         raise ValueError(f"{name} has {t.numel()} entries, expected {n}")
     return t.to(device="cpu", dtype=torch.int64)
-
-
-def _row_sq_norms(x: torch.Tensor) -> torch.Tensor:
-    """Squared L2 norm of every row of ``x`` (fp32), in row blocks."""
-    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
-    for s in range(0, x.shape[0], _NORM_BLOCK):
-        blk = x[s : s + _NORM_BLOCK]
-        out[s : s + blk.shape[0]] = (blk * blk).sum(dim=1)
-    return out
 
 
 def _exact_keys(values: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
@@ -525,19 +517,7 @@ def retrieval_metrics(
     if self_mode:
         gallery_feats = query_feats
     assert gallery_feats is not None
-    if query_feats.dim() != 2 or gallery_feats.dim() != 2:
-        raise ValueError(
-            "features must be 2-D (N, D), got shapes "
-            f"{tuple(query_feats.shape)} and {tuple(gallery_feats.shape)}"
-        )
-    if query_feats.shape[1] != gallery_feats.shape[1]:
-        raise ValueError(
-            f"feature dimensions differ: query {query_feats.shape[1]} vs gallery {gallery_feats.shape[1]}"
-        )
-    if query_feats.device != gallery_feats.device:
-        raise ValueError(
-            f"query_feats is on {query_feats.device} but gallery_feats is on {gallery_feats.device}"
-        )
+    check_feature_pair(query_feats, gallery_feats)
     nmi_runs = int(nmi_runs)
     if nmi_runs < 0:
         raise ValueError(f"nmi_runs must be >= 0, got {nmi_runs}")
@@ -572,9 +552,9 @@ def retrieval_metrics(
             gidx = torch.arange(num_g, dtype=torch.int64, device=device)
             gal = gallery_feats.detach().to(torch.float32)  # no copy if already fp32
             if metric == "euclidean":
-                g_aux = _row_sq_norms(gal)  # ||g||^2
+                g_aux = row_sq_norms(gal)  # ||g||^2
             else:  # cosine: 1 / ||g||
-                g_aux = _row_sq_norms(gal).sqrt_().clamp_(min=_NORM_EPS).reciprocal_()
+                g_aux = row_sq_norms(gal).sqrt_().clamp_(min=_NORM_EPS).reciprocal_()
             cs = min(chunk_size, num_q)
             dist_buf = torch.empty((cs, num_g), dtype=torch.float32, device=device)
             work: torch.Tensor | None = None  # lazily allocated scratch for the counting pass
@@ -592,7 +572,7 @@ def retrieval_metrics(
                     dist = torch.addmm(g_aux.unsqueeze(0), q, gal.t(), beta=1.0, alpha=-2.0,
                                        out=dist_buf[:c])
                 else:  # cosine: -(q/|q|).g / |g|
-                    qn = q / _row_sq_norms(q).sqrt_().clamp_(min=_NORM_EPS).neg_().unsqueeze(1)
+                    qn = q / row_sq_norms(q).sqrt_().clamp_(min=_NORM_EPS).neg_().unsqueeze(1)
                     dist = torch.mm(qn, gal.t(), out=dist_buf[:c])
                     dist.mul_(g_aux.unsqueeze(0))
                 self_cols = None

@@ -35,7 +35,7 @@ import numpy as np
 
 from config.errors import ConfigError, UserError
 from data.datasets.market1501 import DatasetLayoutError, find_dataset_folder
-from data.records import DatasetSplits, Record, relabel
+from data.records import DatasetSplits, Record, zero_shot_splits
 
 FOLDER_NAMES = ("cars196", "CARS196", "stanford_cars")
 ANNOTATIONS_FILE = "cars_annos.mat"
@@ -144,13 +144,4 @@ def load_cars(root_dir: str | Path, combine_all: bool = False, **_) -> DatasetSp
             f"cars: {len(class_ids)} classes listed (the official file has {OFFICIAL_CLASSES}); "
             f"the first {len(train_ids)} train, the other {len(class_ids) - len(train_ids)} are the test set"
         )
-    return DatasetSplits(
-        name="cars",
-        train=relabel(train),
-        query=test,
-        gallery=test,
-        protocol="retrieval",
-        query_is_gallery=True,
-        recall_ks=RECALL_KS,
-        notes=notes,
-    )
+    return zero_shot_splits("cars", train, test, RECALL_KS, notes)

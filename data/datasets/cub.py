@@ -27,7 +27,7 @@ from pathlib import Path
 
 from config.errors import ConfigError
 from data.datasets.market1501 import DatasetLayoutError, find_dataset_folder
-from data.records import DatasetSplits, Record, relabel
+from data.records import DatasetSplits, Record, zero_shot_splits
 
 FOLDER_NAMES = ("CUB_200_2011", "cub-200-2011")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -108,13 +108,4 @@ def load_cub(root_dir: str | Path, combine_all: bool = False, **_) -> DatasetSpl
             f"cub: {len(classes)} class folders found (the official release has {OFFICIAL_CLASSES}); "
             f"the first {num_train} train, the other {len(classes) - num_train} are the test set"
         )
-    return DatasetSplits(
-        name="cub",
-        train=relabel(train),
-        query=test,
-        gallery=test,
-        protocol="retrieval",
-        query_is_gallery=True,
-        recall_ks=RECALL_KS,
-        notes=notes,
-    )
+    return zero_shot_splits("cub", train, test, RECALL_KS, notes)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from config.errors import ConfigError
 from data.datasets.market1501 import DatasetLayoutError, find_dataset_folder
-from data.records import DatasetSplits, Record, relabel
+from data.records import DatasetSplits, Record, zero_shot_splits
 
 FOLDER_NAMES = ("Stanford_Online_Products", "sop")
 LIST_FILES = {"train": "Ebay_train.txt", "test": "Ebay_test.txt"}
@@ -92,12 +92,4 @@ def load_sop(root_dir: str | Path, combine_all: bool = False, **_) -> DatasetSpl
     folder = find_dataset_folder(root_dir, FOLDER_NAMES, "Stanford Online Products", EXPECTED_TREE)
     train = read_sop_list(folder, LIST_FILES["train"])
     test = read_sop_list(folder, LIST_FILES["test"])
-    return DatasetSplits(
-        name="sop",
-        train=relabel(train),
-        query=test,
-        gallery=test,
-        protocol="retrieval",
-        query_is_gallery=True,
-        recall_ks=RECALL_KS,
-    )
+    return zero_shot_splits("sop", train, test, RECALL_KS)
