@@ -26,12 +26,19 @@ _C.MODEL.PRETRAIN_PATH = ""
 _C.MODEL.PRETRAIN_CHOICE = "imagenet"
 # 'bnneck': BatchNorm1d after pooling (bias frozen), classification loss sees its output; 'no': no neck
 _C.MODEL.NECK = "bnneck"
-# Metric (pairwise) loss on the pooled feature: 'triplet' (batch-hard), 'none'
+# Metric loss(es) on the pooled feature, several joined by '+' (e.g. 'ms+center'): 'triplet' (batch-hard;
+# alias 'tri'), 'tri-n' (on L2-normalised features), 'contrastive', 'ms' (multi-similarity + its miner),
+# 'soft_contrastive' (+ LOSS.SOFT_CONTRASTIVE.MINING), 'circle', 'cosface' (pairwise), 'margin'
+# (distance-weighted sampling), 'proxy_nca', 'proxy_anchor', 'amloss', 'center', 'triplet_center'
+# (= 'triplet+center'), 'pml:<LossClass>' (any pytorch-metric-learning loss, LOSS.PML_KWARGS), 'none'
 _C.MODEL.METRIC_LOSS_TYPE = "triplet"
-# Classification loss on the neck feature: 'softmax' (cross-entropy), 'none'
+# Classification loss on the neck feature: 'softmax' (cross-entropy), 'arcface', 'cosface', 'n-softmax'
+# (NormFace), 'circle' (classification form), 'none'; margin heads use scale SOLVER.CS
 _C.MODEL.CLS_LOSS_TYPE = "softmax"
-# Label smoothing (epsilon 0.1) for the softmax cross-entropy: 'on' or 'off'
+# Label smoothing (epsilon 0.1) of the classification cross-entropy (every head): 'on' or 'off'
 _C.MODEL.IF_LABELSMOOTH = "on"
+# 'yes' adds the center loss to the metric loss(es) (reid-strong-baseline's switch; see SOLVER.CENTER_*)
+_C.MODEL.IF_WITH_CENTER = "no"
 
 # ---------------------------------------------------------------------------------------------------------
 # INPUT: image sizes and augmentation
@@ -103,7 +110,7 @@ _C.SOLVER.BASE_LR = 3.5e-4
 _C.SOLVER.BIAS_LR_FACTOR = 1.0
 # SGD momentum
 _C.SOLVER.MOMENTUM = 0.9
-# Margin of the triplet loss
+# Margin of the triplet losses (triplet, tri-n) and of the pairwise cosface loss
 _C.SOLVER.MARGIN = 0.3
 # Weight decay of weights (convolutions, linear layers, BN scales of the backbone)
 _C.SOLVER.WEIGHT_DECAY = 5e-4
@@ -131,11 +138,126 @@ _C.SOLVER.CHECKPOINT_PERIOD = 40
 _C.SOLVER.LOG_PERIOD = 20
 # Evaluate every EVAL_PERIOD epochs (and always after the last epoch)
 _C.SOLVER.EVAL_PERIOD = 40
+# Scale s of the pairwise cosine losses ('cosface' pairwise; NAMA's uc-* losses)
+_C.SOLVER.S = 32.0
+# Scale of the cosine classification heads (arcface, cosface, n-softmax, circle)
+_C.SOLVER.CS = 30.0
+# Proxies of proxy-based losses (proxy_nca, proxy_anchor, amloss, pml: ones) train at BASE_LR * this
+_C.SOLVER.PROXY_LR_FACTOR = 100.0
+# Weight of the center loss in the total (reid-strong-baseline: 5e-4)
+_C.SOLVER.CENTER_LOSS_WEIGHT = 5e-4
+# Learning rate of the centers' own SGD (their gradient is divided by CENTER_LOSS_WEIGHT first, so the
+# centers move independently of the loss weight, as in reid-strong-baseline)
+_C.SOLVER.CENTER_LR = 0.5
 # Images per training batch (over all processes); with PK sampling = P * DATALOADER.NUM_INSTANCE
 _C.SOLVER.IMS_PER_BATCH = 64
 # Mixed precision through torch.amp: 'auto' (fp16 on CUDA, off on CPU), 'none', 'fp16' (with a
 # GradScaler), 'bf16'
 _C.SOLVER.AMP = "auto"
+
+# ---------------------------------------------------------------------------------------------------------
+# LOSS: hyper-parameters of each loss, under the loss's name (defaults are the seeds' / papers')
+# ---------------------------------------------------------------------------------------------------------
+_C.LOSS = CN()
+# Keyword arguments of a 'pml:<LossClass>' metric loss: a dict literal such as "{'margin': 0.1}";
+# a value 'pml:<Class>' (or ['pml:<Class>', {...}]) builds a PML distance/reducer/regularizer
+_C.LOSS.PML_KWARGS = ""
+# Miner in front of a 'pml:' metric loss: '' (none) or 'pml:<MinerClass>' of pytorch-metric-learning
+_C.LOSS.MINER = ""
+# Keyword arguments of LOSS.MINER, a dict literal such as "{'epsilon': 0.1}"
+_C.LOSS.MINER_KWARGS = ""
+
+_C.LOSS.CONTRASTIVE = CN()
+# Negatives count while their cosine similarity exceeds MARGIN (MMSI on Cars: 0.8)
+_C.LOSS.CONTRASTIVE.MARGIN = 0.5
+# 'sum': per-anchor sums of pair terms, averaged over anchors (MMSI); 'mean': mean over pairs of each kind
+_C.LOSS.CONTRASTIVE.REDUCTION = "sum"
+
+_C.LOSS.MS = CN()
+# Scale of the positive term (beta in the MS paper's notation, alpha in pytorch-metric-learning's)
+_C.LOSS.MS.POS_SCALE = 2.0
+# Scale of the negative term (MMSI 40; the MS paper 50)
+_C.LOSS.MS.NEG_SCALE = 40.0
+# Similarity threshold lambda
+_C.LOSS.MS.THRESH = 0.5
+# Mining tolerance epsilon of the MS miner
+_C.LOSS.MS.MINING_MARGIN = 0.1
+# Factor of both log terms: 2 as MMSI's code, 1 as the MS paper
+_C.LOSS.MS.COEF = 2.0
+
+_C.LOSS.SOFT_CONTRASTIVE = CN()
+# Scale of the positive term (DDTAS's beta)
+_C.LOSS.SOFT_CONTRASTIVE.POS_SCALE = 2.0
+# Scale of the negative term (DDTAS's alpha)
+_C.LOSS.SOFT_CONTRASTIVE.NEG_SCALE = 40.0
+# Similarity threshold lambda
+_C.LOSS.SOFT_CONTRASTIVE.THRESH = 0.7
+# Pair mining: 'at_asms' (adaptive tolerance, DDTAS), 'asms' (fixed asymmetric tolerance), 'none'
+_C.LOSS.SOFT_CONTRASTIVE.MINING = "at_asms"
+# Mining tolerance m (positives m, negatives m/10 before adaptation)
+_C.LOSS.SOFT_CONTRASTIVE.MARGIN = 0.1
+
+_C.LOSS.CIRCLE = CN()
+# Relaxation margin m of circle loss (pairwise and classification forms)
+_C.LOSS.CIRCLE.MARGIN = 0.25
+# Scale gamma of the pairwise circle loss (the classification form uses SOLVER.CS)
+_C.LOSS.CIRCLE.SCALE = 256.0
+
+_C.LOSS.MARGIN_LOSS = CN()
+# Margin alpha of the margin loss (Wu et al. 2017)
+_C.LOSS.MARGIN_LOSS.ALPHA = 0.2
+# Initial (or fixed) boundary beta
+_C.LOSS.MARGIN_LOSS.BETA = 1.2
+# 'yes': one learnable beta per class (own parameter group, lr BETA_LR, no weight decay); 'no': fixed
+_C.LOSS.MARGIN_LOSS.LEARN_BETA = "no"
+# Learning rate of the learnable betas
+_C.LOSS.MARGIN_LOSS.BETA_LR = 0.1
+# Weight nu of the |beta| regulariser
+_C.LOSS.MARGIN_LOSS.NU = 0.0
+# Distance-weighted sampling: distances are clamped below at CUTOFF ...
+_C.LOSS.MARGIN_LOSS.CUTOFF = 0.5
+# ... and negatives farther than NONZERO_LOSS_CUTOFF are not drawn
+_C.LOSS.MARGIN_LOSS.NONZERO_LOSS_CUTOFF = 1.4
+
+_C.LOSS.PROXY_NCA = CN()
+# Scale of the squared distances to the normalised proxies (9 = normalise then multiply by 3)
+_C.LOSS.PROXY_NCA.SCALE = 9.0
+
+_C.LOSS.PROXY_ANCHOR = CN()
+# Scale alpha of Proxy Anchor
+_C.LOSS.PROXY_ANCHOR.ALPHA = 32.0
+# Margin delta of Proxy Anchor
+_C.LOSS.PROXY_ANCHOR.DELTA = 0.1
+
+_C.LOSS.AMLOSS = CN()
+# Scale of the positive term (seed 004's --alphap; its CUB/Cars recipes use 48)
+_C.LOSS.AMLOSS.ALPHA_POS = 32.0
+# Scale of the negative term (--alphan)
+_C.LOSS.AMLOSS.ALPHA_NEG = 32.0
+# Fixed margin of the negative term
+_C.LOSS.AMLOSS.DELTA_NEG = 0.1
+# Initial value of the learnable per-class margins
+_C.LOSS.AMLOSS.MARGIN_INIT = 0.1
+# Margin delta of the proxy-proxy term
+_C.LOSS.AMLOSS.PP_DELTA = 0.1
+# Weight lambda of the proxy-proxy term
+_C.LOSS.AMLOSS.PP_WEIGHT = 1.0
+# The margins have their own AdamW: learning rate ...
+_C.LOSS.AMLOSS.MARGIN_LR = 1e-4
+# ... weight decay ...
+_C.LOSS.AMLOSS.MARGIN_WEIGHT_DECAY = 1e-4
+# ... and a StepLR every MARGIN_DECAY_STEP epochs ...
+_C.LOSS.AMLOSS.MARGIN_DECAY_STEP = 10
+# ... by MARGIN_DECAY_GAMMA
+_C.LOSS.AMLOSS.MARGIN_DECAY_GAMMA = 0.5
+
+_C.LOSS.ARCFACE = CN()
+# Additive angular margin m (radians) of the ArcFace head
+_C.LOSS.ARCFACE.MARGIN = 0.5
+
+_C.LOSS.COSFACE = CN()
+# Additive cosine margin m of the CosFace classification head
+_C.LOSS.COSFACE.MARGIN = 0.35
 
 # ---------------------------------------------------------------------------------------------------------
 # TEST: evaluation and test.py

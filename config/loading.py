@@ -103,8 +103,14 @@ def _coerce_names(key: str, value: Any, source: str) -> str | tuple[str, ...]:
     raise ConfigError(f"{key} = {value!r} (from {source}); expected a name or a tuple of names")
 
 
+# String keys holding keyword arguments: a YAML file may write them as a mapping (kept as its literal)
+_KWARGS_KEYS = {"LOSS.PML_KWARGS", "LOSS.MINER_KWARGS"}
+
+
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
     """Convert `value` to the type of `default`, or raise ConfigError naming `key`."""
+    if key in _KWARGS_KEYS and isinstance(value, dict):
+        return repr(value)
     if key in _NAME_LIST_KEYS:
         return _coerce_names(key, value, source)
     if default is None:

@@ -13,17 +13,27 @@ from ignite.metrics import RunningAverage
 
 from config import UserError, changed_keys
 from data.build import build_data
-from engine.checkpointing import (BestScore, build_checkpointer, load_training_state, resolve_resume_path,
-                                  save_best_model)
+from engine.checkpointing import (
+    BestScore,
+    build_checkpointer,
+    load_training_state,
+    resolve_resume_path,
+    save_best_model,
+)
 from engine.device import broadcast_buffers, distribute, resolve_device
 from engine.evaluator import DatasetEvaluation, format_metrics
 from engine.methods import build_standard_trainer
 from engine.precision import resolve_precision
-from engine.run_dir import append_metrics, prepare_output_dir, save_config, setup_logging
+from engine.run_dir import (
+    append_metrics,
+    prepare_output_dir,
+    save_config,
+    setup_logging,
+)
 from engine.seeding import epoch_seed, seed_everything
 from layers import build_loss
 from modeling import build_model
-from solver import build_optimizer, build_scheduler
+from solver import build_solver
 
 logger = logging.getLogger("train")
 
@@ -45,7 +55,7 @@ def _every(period: int, last: int):
     return lambda engine, epoch: epoch % period == 0 or epoch == last
 
 
-def _attach_progress(cfg, trainer: Engine, part_names: tuple[str, ...], optimizer) -> None:
+def _attach_progress(cfg, trainer: Engine, part_names: tuple[str, ...], solver) -> None:
     """Running averages of the loss parts, a progress bar (or log lines), and an epoch summary with timing."""
     for name in part_names:
         RunningAverage(output_transform=lambda out, n=name: out[n].item(), alpha=0.98).attach(trainer, f"avg_{name}")
@@ -70,7 +80,7 @@ def _attach_progress(cfg, trainer: Engine, part_names: tuple[str, ...], optimize
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _log_epoch(engine: Engine) -> None:
-        lr = optimizer.param_groups[0]["lr"]
+        lr = solver.main.param_groups[0]["lr"]
         per_batch = timer.value()
         images = cfg.SOLVER.IMS_PER_BATCH / per_batch if per_batch > 0 else float("nan")
         logger.info("Epoch[%d] done: %s  lr: %.2e  %.3f s/batch  %.1f images/s",
@@ -98,16 +108,15 @@ def train(cfg, resume: str | None = None) -> dict:
     criterion = build_loss(cfg, data.num_classes, model.feat_dim)
     model.to(device)
     criterion.to(device)
-    optimizer = build_optimizer(cfg, model, criterion)
-    scheduler = build_scheduler(cfg, optimizer)
+    solver = build_solver(cfg, model, criterion)
     scaler = precision.grad_scaler()
-    trainer = build_standard_trainer(distribute(model, device), distribute(criterion, device), optimizer,
+    trainer = build_standard_trainer(distribute(model, device), distribute(criterion, device), solver,
                                      scaler, precision, device)
     evaluations = [DatasetEvaluation(cfg, model, precision, device, eval_set) for eval_set in data.eval_sets]
     main_metric = evaluations[0].spec.main_metric  # the first evaluated dataset picks the best model
     best = BestScore()
-    to_save = {"model": model, "loss": criterion, "optimizer": optimizer, "scheduler": scheduler,
-               "scaler": scaler, "trainer": trainer, "best": best}
+    to_save = {"model": model, "loss": criterion, "solver": solver, "scaler": scaler, "trainer": trainer,
+               "best": best}
     max_epochs = cfg.SOLVER.MAX_EPOCHS
     history: list[dict] = []
 
@@ -120,11 +129,11 @@ def train(cfg, resume: str | None = None) -> dict:
         data.train_loader.generator.manual_seed(seed)
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan(output_transform=lambda out: out["loss"]))
-    _attach_progress(cfg, trainer, criterion.part_names, optimizer)
+    _attach_progress(cfg, trainer, criterion.part_names, solver)
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _step_schedule(engine: Engine) -> None:
-        scheduler.step()
+        solver.epoch_completed()
 
     @trainer.on(Events.EPOCH_COMPLETED(event_filter=_every(cfg.SOLVER.EVAL_PERIOD, max_epochs)))
     def _evaluate(engine: Engine) -> None:

@@ -1,39 +1,168 @@
-"""Losses: registries by config name and `build_loss`, which returns the run's composite criterion."""
+"""Losses: registries by config name and `build_loss`, which returns the run's composite criterion.
+
+MODEL.CLS_LOSS_TYPE names one classification head (on the neck feature); MODEL.METRIC_LOSS_TYPE names one or
+more metric losses joined by '+' (on the pooled feature), e.g. 'ms+center'. Each builder takes
+(cfg, num_classes, feat_dim) and reads its hyper-parameters from the LOSS node (or the SOLVER keys the seeds
+use). 'pml:<LossClass>' builds any pytorch-metric-learning loss (layers/pml_catalogue.py).
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from torch import nn
 
 from config.errors import ConfigError, check_choice
+from layers.amloss import AMLoss
+from layers.center import CenterLoss
+from layers.circle import CirclePairLoss
 from layers.composite import CompositeLoss
+from layers.contrastive import ContrastiveLoss
+from layers.margin_heads import ArcFaceHead, CircleClsHead, CosFaceHead, NormSoftmaxHead
+from layers.margin_loss import MarginLoss
+from layers.multi_similarity import MultiSimilarityLoss
+from layers.pairwise_cosface import PairwiseCosFaceLoss
+from layers.pml_catalogue import PREFIX as PML_PREFIX
+from layers.pml_catalogue import PMLMetricLoss, build_pml_loss, build_pml_miner
+from layers.proxy_anchor import ProxyAnchorLoss
+from layers.proxy_nca import ProxyNCALoss
+from layers.soft_contrastive import SoftContrastiveLoss
 from layers.softmax import SoftmaxClassifierLoss
 from layers.triplet import BatchHardTripletLoss
 
-# name -> builder(cfg, num_classes, feat_dim) -> module, or None for 'none'
-CLS_LOSSES: dict[str, Callable[..., nn.Module | None]] = {
-    "softmax": lambda cfg, num_classes, feat_dim: SoftmaxClassifierLoss(
-        feat_dim, num_classes, label_smoothing=0.1 if cfg.MODEL.IF_LABELSMOOTH == "on" else 0.0
-    ),
-    "none": lambda cfg, num_classes, feat_dim: None,
+Builder = Callable[..., nn.Module]
+
+
+def _smoothing(cfg) -> float:
+    return 0.1 if cfg.MODEL.IF_LABELSMOOTH == "on" else 0.0
+
+
+# name -> builder(cfg, num_classes, feat_dim); 'none' is handled by build_loss
+CLS_LOSSES: dict[str, Builder] = {
+    "softmax": lambda cfg, c, d: SoftmaxClassifierLoss(d, c, label_smoothing=_smoothing(cfg)),
+    "arcface": lambda cfg, c, d: ArcFaceHead(d, c, scale=cfg.SOLVER.CS, margin=cfg.LOSS.ARCFACE.MARGIN,
+                                             label_smoothing=_smoothing(cfg)),
+    "cosface": lambda cfg, c, d: CosFaceHead(d, c, scale=cfg.SOLVER.CS, margin=cfg.LOSS.COSFACE.MARGIN,
+                                             label_smoothing=_smoothing(cfg)),
+    "n-softmax": lambda cfg, c, d: NormSoftmaxHead(d, c, scale=cfg.SOLVER.CS, label_smoothing=_smoothing(cfg)),
+    "circle": lambda cfg, c, d: CircleClsHead(d, c, scale=cfg.SOLVER.CS, margin=cfg.LOSS.CIRCLE.MARGIN,
+                                              label_smoothing=_smoothing(cfg)),
 }
-METRIC_LOSSES: dict[str, Callable[..., nn.Module | None]] = {
-    "triplet": lambda cfg, num_classes, feat_dim: BatchHardTripletLoss(margin=cfg.SOLVER.MARGIN),
-    "none": lambda cfg, num_classes, feat_dim: None,
+
+
+def _margin_loss(cfg, c: int, d: int) -> MarginLoss:
+    m = cfg.LOSS.MARGIN_LOSS
+    check_choice("LOSS.MARGIN_LOSS.LEARN_BETA", m.LEARN_BETA, ("yes", "no"))
+    return MarginLoss(c, alpha=m.ALPHA, beta=m.BETA, learn_beta=m.LEARN_BETA == "yes", nu=m.NU, cutoff=m.CUTOFF,
+                      nonzero_loss_cutoff=m.NONZERO_LOSS_CUTOFF)
+
+
+def _soft_contrastive(cfg, c: int, d: int) -> SoftContrastiveLoss:
+    s = cfg.LOSS.SOFT_CONTRASTIVE
+    check_choice("LOSS.SOFT_CONTRASTIVE.MINING", s.MINING, ("at_asms", "asms", "none"))
+    return SoftContrastiveLoss(pos_scale=s.POS_SCALE, neg_scale=s.NEG_SCALE, thresh=s.THRESH, mining=s.MINING,
+                               margin=s.MARGIN)
+
+
+def _contrastive(cfg, c: int, d: int) -> ContrastiveLoss:
+    check_choice("LOSS.CONTRASTIVE.REDUCTION", cfg.LOSS.CONTRASTIVE.REDUCTION, ("sum", "mean"))
+    return ContrastiveLoss(margin=cfg.LOSS.CONTRASTIVE.MARGIN, reduction=cfg.LOSS.CONTRASTIVE.REDUCTION)
+
+
+def _amloss(cfg, c: int, d: int) -> AMLoss:
+    a = cfg.LOSS.AMLOSS
+    return AMLoss(c, d, alpha_pos=a.ALPHA_POS, alpha_neg=a.ALPHA_NEG, delta_neg=a.DELTA_NEG,
+                  margin_init=a.MARGIN_INIT, pp_delta=a.PP_DELTA, pp_weight=a.PP_WEIGHT)
+
+
+METRIC_LOSSES: dict[str, Builder] = {
+    "triplet": lambda cfg, c, d: BatchHardTripletLoss(margin=cfg.SOLVER.MARGIN),
+    "tri-n": lambda cfg, c, d: BatchHardTripletLoss(margin=cfg.SOLVER.MARGIN, normalize=True),
+    "contrastive": _contrastive,
+    "ms": lambda cfg, c, d: MultiSimilarityLoss(
+        pos_scale=cfg.LOSS.MS.POS_SCALE, neg_scale=cfg.LOSS.MS.NEG_SCALE, thresh=cfg.LOSS.MS.THRESH,
+        mining_margin=cfg.LOSS.MS.MINING_MARGIN, coef=cfg.LOSS.MS.COEF),
+    "soft_contrastive": _soft_contrastive,
+    "circle": lambda cfg, c, d: CirclePairLoss(margin=cfg.LOSS.CIRCLE.MARGIN, scale=cfg.LOSS.CIRCLE.SCALE),
+    "cosface": lambda cfg, c, d: PairwiseCosFaceLoss(scale=cfg.SOLVER.S, margin=cfg.SOLVER.MARGIN),
+    "margin": _margin_loss,
+    "proxy_nca": lambda cfg, c, d: ProxyNCALoss(c, d, scale=cfg.LOSS.PROXY_NCA.SCALE),
+    "proxy_anchor": lambda cfg, c, d: ProxyAnchorLoss(c, d, alpha=cfg.LOSS.PROXY_ANCHOR.ALPHA,
+                                                      delta=cfg.LOSS.PROXY_ANCHOR.DELTA),
+    "amloss": _amloss,
+    "center": lambda cfg, c, d: CenterLoss(c, d),
 }
+# Other spellings the seeds use
+METRIC_ALIASES = {"tri": "triplet", "triplet_center": "triplet+center"}
+
+
+def metric_loss_names(cfg) -> list[str]:
+    """The metric terms of MODEL.METRIC_LOSS_TYPE ('+'-joined, aliases expanded) and MODEL.IF_WITH_CENTER."""
+    check_choice("MODEL.IF_WITH_CENTER", cfg.MODEL.IF_WITH_CENTER, ("yes", "no"))
+    text = cfg.MODEL.METRIC_LOSS_TYPE.strip()
+    names: list[str] = []
+    if text != "none":
+        for part in text.split("+"):
+            part = part.strip()
+            for name in METRIC_ALIASES.get(part, part).split("+"):
+                if not name.startswith(PML_PREFIX):
+                    check_choice("MODEL.METRIC_LOSS_TYPE", name,
+                                 (*METRIC_LOSSES, *METRIC_ALIASES, "none", f"{PML_PREFIX}<LossClass>"))
+                    if name == "none":
+                        raise ConfigError(f"MODEL.METRIC_LOSS_TYPE = {text!r}: 'none' cannot be combined with other losses")
+                if name in names:
+                    raise ConfigError(f"MODEL.METRIC_LOSS_TYPE = {text!r} names {name!r} twice")
+                names.append(name)
+    if cfg.MODEL.IF_WITH_CENTER == "yes" and "center" not in names:
+        names.append("center")
+    return names
+
+
+def term_key(name: str) -> str:
+    """A loss name as a module/log key: 'tri-n' -> 'tri_n', 'pml:TripletMarginLoss' -> 'pml_TripletMarginLoss'."""
+    return re.sub(r"[^0-9A-Za-z_]", "_", name)
+
+
+def _build_term(key: str, name: str, builder: Callable[[], nn.Module]) -> nn.Module:
+    try:
+        return builder()
+    except ValueError as err:  # a hyper-parameter the loss refuses (e.g. a negative scale)
+        raise ConfigError(f"{key} {name}: {err}") from None
+
+
+def build_metric_term(cfg, name: str, num_classes: int, feat_dim: int) -> nn.Module:
+    """One metric loss by name (a registry entry or 'pml:<LossClass>' with LOSS.MINER)."""
+    if name.startswith(PML_PREFIX):
+        loss = build_pml_loss(name, cfg.LOSS.PML_KWARGS, num_classes, feat_dim)
+        miner = build_pml_miner(cfg.LOSS.MINER, cfg.LOSS.MINER_KWARGS) if cfg.LOSS.MINER else None
+        return PMLMetricLoss(loss, miner)
+    return _build_term("MODEL.METRIC_LOSS_TYPE", name, lambda: METRIC_LOSSES[name](cfg, num_classes, feat_dim))
 
 
 def build_loss(cfg, num_classes: int, feat_dim: int) -> CompositeLoss:
-    """The criterion of MODEL.CLS_LOSS_TYPE and MODEL.METRIC_LOSS_TYPE with their SOLVER weights."""
-    check_choice("MODEL.CLS_LOSS_TYPE", cfg.MODEL.CLS_LOSS_TYPE, tuple(CLS_LOSSES))
-    check_choice("MODEL.METRIC_LOSS_TYPE", cfg.MODEL.METRIC_LOSS_TYPE, tuple(METRIC_LOSSES))
+    """The criterion of MODEL.CLS_LOSS_TYPE and MODEL.METRIC_LOSS_TYPE with their SOLVER weights.
+
+    total = CLS_LOSS_WEIGHT * cls + sum over metric terms of TRI_LOSS_WEIGHT * term (CENTER_LOSS_WEIGHT for
+    'center').
+    """
+    check_choice("MODEL.CLS_LOSS_TYPE", cfg.MODEL.CLS_LOSS_TYPE, (*CLS_LOSSES, "none"))
     check_choice("MODEL.IF_LABELSMOOTH", cfg.MODEL.IF_LABELSMOOTH, ("on", "off"))
-    cls_term = CLS_LOSSES[cfg.MODEL.CLS_LOSS_TYPE](cfg, num_classes, feat_dim)
-    metric_term = METRIC_LOSSES[cfg.MODEL.METRIC_LOSS_TYPE](cfg, num_classes, feat_dim)
-    if cls_term is None and metric_term is None:
+    names = metric_loss_names(cfg)
+    if cfg.LOSS.MINER and not any(n.startswith(PML_PREFIX) for n in names):
+        raise ConfigError(f"LOSS.MINER = {cfg.LOSS.MINER!r} feeds 'pml:' metric losses only; MODEL.METRIC_LOSS_TYPE "
+                          f"{cfg.MODEL.METRIC_LOSS_TYPE!r} does its own mining (or none): clear LOSS.MINER")
+    cls_name = cfg.MODEL.CLS_LOSS_TYPE
+    cls_term = None
+    if cls_name != "none":
+        cls_term = _build_term("MODEL.CLS_LOSS_TYPE", cls_name, lambda: CLS_LOSSES[cls_name](cfg, num_classes, feat_dim))
+    if cls_term is None and not names:
         raise ConfigError("MODEL.CLS_LOSS_TYPE and MODEL.METRIC_LOSS_TYPE are both 'none': nothing would train")
-    return CompositeLoss(cls_term, metric_term, cfg.SOLVER.CLS_LOSS_WEIGHT, cfg.SOLVER.TRI_LOSS_WEIGHT)
+    metric_terms = {term_key(n): build_metric_term(cfg, n, num_classes, feat_dim) for n in names}
+    weights = {term_key(n): cfg.SOLVER.CENTER_LOSS_WEIGHT if n == "center" else cfg.SOLVER.TRI_LOSS_WEIGHT
+               for n in names}
+    return CompositeLoss(cls_term, metric_terms, cfg.SOLVER.CLS_LOSS_WEIGHT, weights)
 
 
-__all__ = ["CLS_LOSSES", "METRIC_LOSSES", "CompositeLoss", "build_loss"]
+__all__ = ["CLS_LOSSES", "METRIC_ALIASES", "METRIC_LOSSES", "CompositeLoss", "build_loss", "build_metric_term",
+           "metric_loss_names", "term_key"]

@@ -1,4 +1,4 @@
-"""The one criterion of a run: a classification term and a metric term, weighted, computed in fp32."""
+"""The one criterion of a run: a classification term and weighted metric terms, computed in fp32."""
 
 from __future__ import annotations
 
@@ -7,40 +7,51 @@ from torch import nn
 
 
 class CompositeLoss(nn.Module):
-    """total = CLS_LOSS_WEIGHT * cls(neck_feat) + TRI_LOSS_WEIGHT * metric(feat).
+    """total = cls_weight * cls(neck_feat) + sum_k metric_weight_k * metric_k(feat).
 
-    Called with the model's output dict and the labels; returns (total, parts) where parts holds each term
-    and the classification accuracy of the batch (when there is a classifier), as detached scalars.
-    Autocast is switched off inside: losses compute in fp32 whatever precision the forward pass ran in.
+    Called with the model's output dict and the labels; returns (total, parts) where parts holds, as detached
+    scalars, the classification loss and the batch accuracy (when there is a classification term), each
+    metric term as '<key>_loss', and the statistics a term reports as '<key>_<stat>' (e.g. AT-ASMS's
+    tolerances). Autocast is switched off inside: losses compute in fp32 whatever precision the forward pass
+    ran in. The terms own their learnable parameters (classifier weights, proxies, margins, betas, centers).
     """
 
-    def __init__(self, cls_term: nn.Module | None, metric_term: nn.Module | None,
-                 cls_weight: float = 1.0, metric_weight: float = 1.0):
+    def __init__(self, cls_term: nn.Module | None, metric_terms: dict[str, nn.Module] | nn.Module | None = None,
+                 cls_weight: float = 1.0, metric_weights: dict[str, float] | float = 1.0):
         super().__init__()
-        if cls_term is None and metric_term is None:
+        if isinstance(metric_terms, nn.Module) and not isinstance(metric_terms, nn.ModuleDict):
+            metric_terms = {"metric": metric_terms}  # one unnamed term
+        metric_terms = dict(metric_terms or {})
+        if cls_term is None and not metric_terms:
             raise ValueError("at least one loss term is needed")
-        self.cls_term, self.metric_term = cls_term, metric_term
-        self.cls_weight, self.metric_weight = cls_weight, metric_weight
+        if not isinstance(metric_weights, dict):
+            metric_weights = {key: float(metric_weights) for key in metric_terms}
+        self.cls_term = cls_term
+        self.metric_terms = nn.ModuleDict(metric_terms)
+        self.cls_weight = cls_weight
+        self.metric_weights = {key: float(metric_weights[key]) for key in metric_terms}
         names = ["loss"]
         if cls_term is not None:
             names += ["cls_loss", "acc"]
-        if metric_term is not None:
-            names.append("metric_loss")
+        for key, term in self.metric_terms.items():
+            names.append(f"{key}_loss")
+            names += [f"{key}_{stat}" for stat in getattr(term, "stat_names", ())]
         self.part_names = tuple(names)  # keys of the training step's output, for running averages
 
     def forward(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        device_type = labels.device.type
-        parts: dict[str, float] = {}
+        parts: dict[str, torch.Tensor] = {}
         total = None
-        with torch.autocast(device_type=device_type, enabled=False):
+        with torch.autocast(device_type=labels.device.type, enabled=False):
             if self.cls_term is not None:
                 cls_loss, logits = self.cls_term(outputs["neck_feat"].float(), labels)
                 total = self.cls_weight * cls_loss
                 parts["cls_loss"] = cls_loss.detach()
                 parts["acc"] = (logits.argmax(1) == labels).float().mean().detach()
-            if self.metric_term is not None:
-                metric_loss = self.metric_term(outputs["feat"].float(), labels)
-                term = self.metric_weight * metric_loss
-                total = term if total is None else total + term
-                parts["metric_loss"] = metric_loss.detach()
+            for key, term in self.metric_terms.items():
+                value = term(outputs["feat"].float(), labels)
+                weighted = self.metric_weights[key] * value
+                total = weighted if total is None else total + weighted
+                parts[f"{key}_loss"] = value.detach()
+                for stat, stat_value in getattr(term, "stats", {}).items():
+                    parts[f"{key}_{stat}"] = torch.as_tensor(stat_value, dtype=torch.float32).detach()
         return total, parts

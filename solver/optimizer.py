@@ -1,4 +1,4 @@
-"""Optimizer with named parameter groups: backbone, bias, neck, loss."""
+"""Optimizer with named parameter groups: backbone, bias, neck, loss, proxy, beta."""
 
 from __future__ import annotations
 
@@ -9,6 +9,23 @@ from config.errors import check_choice
 
 OPTIMIZERS = ("Adam", "AdamW", "SGD")
 
+# Loss parameters that train in their own optimizer (solver/build.py), by attribute name
+OWN_OPTIMIZER_PARAMETERS = ("margins", "centers")
+
+
+def loss_parameter_role(name: str) -> str:
+    """The group of a loss parameter, from its attribute name (the convention of layers/):
+    'proxies' -> proxy, 'beta' -> beta, 'margins'/'centers' -> their own optimizers, biases -> bias,
+    anything else (classifier weights, PML parameters) -> loss."""
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf in OWN_OPTIMIZER_PARAMETERS:
+        return leaf
+    if leaf == "proxies":
+        return "proxy"
+    if leaf == "beta":
+        return "beta"
+    return "bias" if leaf == "bias" else "loss"
+
 
 def parameter_groups(cfg, model: nn.Module, criterion: nn.Module) -> list[dict]:
     """Trainable parameters split into named groups with their own lr and weight decay.
@@ -18,6 +35,9 @@ def parameter_groups(cfg, model: nn.Module, criterion: nn.Module) -> list[dict]:
     - bias: every bias; BASE_LR * BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS
     - neck: BNNeck scale; BASE_LR, WEIGHT_DECAY_NECK
     - loss: learnable loss parameters (classifier weights); BASE_LR, WEIGHT_DECAY_NECK
+    - proxy: proxies of proxy-based losses; BASE_LR * PROXY_LR_FACTOR, WEIGHT_DECAY (Proxy Anchor's recipe)
+    - beta: the margin loss's learnable betas; LOSS.MARGIN_LOSS.BETA_LR, no weight decay (Wu et al.)
+    AMLoss margins and center-loss centers are not here: they have their own optimizers (solver/build.py).
     Frozen parameters (the BNNeck bias) are left out. Empty groups are dropped.
     """
     s = cfg.SOLVER
@@ -26,6 +46,8 @@ def parameter_groups(cfg, model: nn.Module, criterion: nn.Module) -> list[dict]:
         "bias": {"params": [], "lr": s.BASE_LR * s.BIAS_LR_FACTOR, "weight_decay": s.WEIGHT_DECAY_BIAS},
         "neck": {"params": [], "lr": s.BASE_LR, "weight_decay": s.WEIGHT_DECAY_NECK},
         "loss": {"params": [], "lr": s.BASE_LR, "weight_decay": s.WEIGHT_DECAY_NECK},
+        "proxy": {"params": [], "lr": s.BASE_LR * s.PROXY_LR_FACTOR, "weight_decay": s.WEIGHT_DECAY},
+        "beta": {"params": [], "lr": cfg.LOSS.MARGIN_LOSS.BETA_LR, "weight_decay": 0.0},
     }
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -37,13 +59,14 @@ def parameter_groups(cfg, model: nn.Module, criterion: nn.Module) -> list[dict]:
         else:
             groups["backbone"]["params"].append(param)
     for name, param in criterion.named_parameters():
-        if param.requires_grad:
-            groups["bias" if name.endswith("bias") else "loss"]["params"].append(param)
+        role = loss_parameter_role(name)
+        if param.requires_grad and role not in OWN_OPTIMIZER_PARAMETERS:
+            groups[role]["params"].append(param)
     return [dict(group, name=name) for name, group in groups.items() if group["params"]]
 
 
 def build_optimizer(cfg, model: nn.Module, criterion: nn.Module) -> torch.optim.Optimizer:
-    """SOLVER.OPTIMIZER_NAME over the named groups of `parameter_groups`."""
+    """SOLVER.OPTIMIZER_NAME over the named groups of `parameter_groups` (the run's main optimizer)."""
     check_choice("SOLVER.OPTIMIZER_NAME", cfg.SOLVER.OPTIMIZER_NAME, OPTIMIZERS)
     groups = parameter_groups(cfg, model, criterion)
     if cfg.SOLVER.OPTIMIZER_NAME == "SGD":

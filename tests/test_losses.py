@@ -195,7 +195,7 @@ def test_build_loss_label_smoothing_switch():
     assert on.cls_term.label_smoothing == pytest.approx(0.1)
     assert off.cls_term.label_smoothing == 0.0
     assert on.cls_term.classifier.weight.shape == (7, 16)
-    assert on.metric_term.margin == pytest.approx(0.3)
+    assert on.metric_terms["triplet"].margin == pytest.approx(0.3)
     with pytest.raises(ConfigError):
         build_loss(load_config(None, ["MODEL.IF_LABELSMOOTH", "maybe"]), 7, 16)
 
@@ -220,10 +220,10 @@ def test_composite_weights_and_parts():
     metric = BatchHardTripletLoss(margin=0.7)(outputs["feat"], labels)
     assert total.item() == pytest.approx(0.5 * cls.item() + 2.0 * metric.item(), abs=1e-5)
     assert parts["cls_loss"].item() == pytest.approx(cls.item(), abs=1e-6)
-    assert parts["metric_loss"].item() == pytest.approx(metric.item(), abs=1e-6)
+    assert parts["triplet_loss"].item() == pytest.approx(metric.item(), abs=1e-6)
     assert parts["acc"].item() == pytest.approx((logits.argmax(1) == labels).float().mean().item())
     assert set(parts) | {"loss"} == set(criterion.part_names)
-    assert criterion.part_names == ("loss", "cls_loss", "acc", "metric_loss")
+    assert criterion.part_names == ("loss", "cls_loss", "acc", "triplet_loss")
     assert all(not v.requires_grad for v in parts.values())
     assert total.requires_grad
 
@@ -231,14 +231,14 @@ def test_composite_weights_and_parts():
 def test_composite_single_terms():
     only_metric = build_loss(load_config(None, ["MODEL.CLS_LOSS_TYPE", "none"]), 4, 12)
     assert only_metric.cls_term is None
-    assert only_metric.part_names == ("loss", "metric_loss")
+    assert only_metric.part_names == ("loss", "triplet_loss")
     outputs, labels = _outputs(), _pk_labels(4, 4)
     total, parts = only_metric(outputs, labels)
     assert set(parts) | {"loss"} == set(only_metric.part_names)
     assert total.item() == pytest.approx(BatchHardTripletLoss(0.3)(outputs["feat"], labels).item(), abs=1e-6)
 
     only_cls = build_loss(load_config(None, ["MODEL.METRIC_LOSS_TYPE", "none"]), 4, 12)
-    assert only_cls.metric_term is None
+    assert len(only_cls.metric_terms) == 0
     assert only_cls.part_names == ("loss", "cls_loss", "acc")
     total, parts = only_cls(outputs, labels)
     assert set(parts) | {"loss"} == set(only_cls.part_names)
@@ -307,15 +307,15 @@ def test_composite_decreases_under_sgd():
 # ------------------------------------------------------------------------------------------------
 def test_bad_metric_loss_type():
     with pytest.raises(ConfigError) as excinfo:
-        build_loss(load_config(None, ["MODEL.METRIC_LOSS_TYPE", "contrastive"]), 4, 8)
+        build_loss(load_config(None, ["MODEL.METRIC_LOSS_TYPE", "contrastiv"]), 4, 8)
     message = str(excinfo.value)
     assert "MODEL.METRIC_LOSS_TYPE" in message and "'triplet'" in message and "'none'" in message
-    assert "contrastive" in message
+    assert "contrastiv" in message and "'contrastive'" in message and "pml:<LossClass>" in message
 
 
 def test_bad_cls_loss_type():
     with pytest.raises(ConfigError) as excinfo:
-        build_loss(load_config(None, ["MODEL.CLS_LOSS_TYPE", "arcface"]), 4, 8)
+        build_loss(load_config(None, ["MODEL.CLS_LOSS_TYPE", "arcfac"]), 4, 8)
     message = str(excinfo.value)
     assert "MODEL.CLS_LOSS_TYPE" in message and "'softmax'" in message and "'none'" in message
 

@@ -64,7 +64,7 @@ def test_run_writes_every_output(finished_run):
         assert key in records[0]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_2.pt", "checkpoint_3.pt"]
     checkpoint = torch.load(out / "checkpoints/checkpoint_3.pt", weights_only=True)
-    assert set(checkpoint) == {"model", "loss", "optimizer", "scheduler", "scaler", "trainer", "best"}
+    assert set(checkpoint) == {"model", "loss", "solver", "scaler", "trainer", "best"}
     assert checkpoint["trainer"]["iteration"] == 3 * checkpoint["trainer"]["epoch_length"]
     best = torch.load(out / "best.pt", weights_only=False)
     best_record = max(records, key=lambda r: r["mAP"])
@@ -95,7 +95,7 @@ def test_resume_matches_uninterrupted_run(market_root, tmp_path, workers):
     b = torch.load(part / "checkpoints/checkpoint_3.pt", weights_only=True)
     for name in ("model", "loss"):
         assert all(torch.equal(a[name][k], b[name][k]) for k in a[name])
-    assert a["optimizer"]["state"][0]["step"] == b["optimizer"]["state"][0]["step"]
+    assert a["solver"]["optimizers"]["main"]["state"][0]["step"] == b["solver"]["optimizers"]["main"]["state"][0]["step"]
 
 
 def test_resume_of_a_finished_run_and_reuse_of_a_folder_are_refused(market_root, finished_run):

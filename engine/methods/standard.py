@@ -1,4 +1,5 @@
-"""The standard training step: forward under autocast, fp32 loss, backward through the GradScaler, step."""
+"""The standard training step: forward under autocast, fp32 loss, backward through the GradScaler, step
+every optimizer of the solver."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from ignite.engine import Engine
 from torch import nn
 
 from engine.precision import Precision
+from solver import Solver
 
 
-def build_standard_trainer(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+def build_standard_trainer(model: nn.Module, criterion: nn.Module, solver: Solver,
                            scaler: torch.amp.GradScaler, precision: Precision, device: torch.device) -> Engine:
     """An ignite Engine whose output per iteration is {'loss': total, **loss parts} (detached tensors)."""
 
@@ -21,9 +23,9 @@ def build_standard_trainer(model: nn.Module, criterion: nn.Module, optimizer: to
         with precision.autocast():
             outputs = model(images)
         loss, parts = criterion(outputs, labels)
-        optimizer.zero_grad(set_to_none=True)
+        solver.zero_grad()
         scaler.scale(loss).backward()
-        scaler.step(optimizer)
+        solver.step(scaler)
         scaler.update()
         return {"loss": loss.detach(), **parts}
 
