@@ -257,7 +257,7 @@ def test_center_update_ignores_the_loss_weight():
     torch.testing.assert_close(centers.detach(), before - 0.5 * unweighted)
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)`")
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
 def test_solver_state_round_trip_and_mismatch():
     model = torch.nn.Linear(3, FEAT_DIM)
     cfg = _metric_cfg("amloss")
