@@ -39,6 +39,15 @@ _C.MODEL.CLS_LOSS_TYPE = "softmax"
 _C.MODEL.IF_LABELSMOOTH = "on"
 # 'yes' adds the center loss to the metric loss(es) (reid-strong-baseline's switch; see SOLVER.CENTER_*)
 _C.MODEL.IF_WITH_CENTER = "no"
+# Network arch (NAMA, seed 002): 'baseline', 'uc' (uncertainty head on the metric path), 'clsbaseline',
+# 'clsuc' (head on the classification path; 'cls' archs train the classification loss alone); extra '-'
+# tokens: 'bn' (a BatchNorm on the pooled feature before its norm is taken), 'no' (nothing), and for clsuc
+# the uc-cls margin form 'arc' or 'cos' (default: angular, pi/2 - theta), e.g. 'uc-bn-no', 'clsuc-arc'
+_C.MODEL.ARCH = "baseline"
+# Function of the standardised feature norm that gives each sample's margin offset u (the MAM):
+# 'nn_N' (piecewise linear, N knots), 'tlr[_N]' (odd powers), 'lgd[_N]' (odd Legendre), '*_all*' (all
+# powers), 'log_' prefix (of log ||f||); e.g. nn_128, log_nn_64, tlr, lgd_all_5
+_C.MODEL.F_BASE = "nn_128"
 
 # ---------------------------------------------------------------------------------------------------------
 # INPUT: image sizes and augmentation
@@ -142,6 +151,14 @@ _C.SOLVER.EVAL_PERIOD = 40
 _C.SOLVER.S = 32.0
 # Scale of the cosine classification heads (arcface, cosface, n-softmax, circle)
 _C.SOLVER.CS = 30.0
+# Weight decay of the uncertainty head's coefficients (MODEL.F_BASE)
+_C.SOLVER.WEIGHT_DECAY_POLY = 1e-2
+# [l_a, u_a]: norm bounds of the norm regulariser (MagFace's [10, 110]); it pulls feature norms toward u_a
+_C.SOLVER.NORM_LU = [10.0, 110.0]
+# Norm regulariser g: 'exp_K' (e.g. exp_3), 'arc' (MagFace's 1/a + a/u_a^2, rescaled), 'quad'
+_C.SOLVER.REG_TYPE = "exp_3"
+# Weight of the norm regulariser (with an uncertainty head only; gradient only, logged as reg_loss); 0 = off
+_C.SOLVER.MAG_G = 1.0
 # Proxies of proxy-based losses (proxy_nca, proxy_anchor, amloss, pml: ones) train at BASE_LR * this
 _C.SOLVER.PROXY_LR_FACTOR = 100.0
 # Weight of the center loss in the total (reid-strong-baseline: 5e-4)
@@ -302,6 +319,12 @@ _C.TEST.VEHICLEID_PROTOCOL = "retrieval"
 _C.TEST.VEHICLEID_TRIALS = 10
 # Datasets evaluated when DATASETS.NAMES holds several: empty = every one of them
 _C.TEST.DATASETS = []
+# test.py: k > 0 writes one rank picture per query (the query, its top k-1 valid gallery items and, last, its
+# lowest-ranked true match) to OUTPUT_DIR/visrank/<dataset>/; 0 = none
+_C.TEST.VISRANK = 0
+# Strength K of the uncertainty in the test distance (the seed's K, usually 0): D = 2 asin(d/2) - K u_g on
+# normalised features (needs TEST.FEAT_NORM yes and a model with an uncertainty head)
+_C.TEST.NORM_K = 0.0
 
 # ---------------------------------------------------------------------------------------------------------
 # Run-level keys

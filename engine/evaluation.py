@@ -33,6 +33,7 @@ class EvalSpec:
     nmi_runs: int = 0
     seed: int = 0
     re_ranking: tuple[int, int, float] | None = None
+    norm_k: float = 0.0  # TEST.NORM_K: D = 2 asin(d/2) - K u_g (normalised features, re-ID protocol)
     notes: list[str] = field(default_factory=list)
 
     def chunk_kwargs(self) -> dict:
@@ -70,6 +71,8 @@ def build_eval_spec(cfg, splits: DatasetSplits) -> EvalSpec:
         if protocol != "reid":
             raise ConfigError(f"TEST.RE_RANKING 'yes' applies to the re-ID protocol; {splits.name} is evaluated with '{protocol}'")
         re_ranking = (cfg.TEST.RE_RANKING_K1, cfg.TEST.RE_RANKING_K2, cfg.TEST.RE_RANKING_LAMBDA)
+    if cfg.TEST.NORM_K != 0:
+        _check_norm_k(cfg, protocol, splits.name)
     ks = tuple(cfg.TEST.RECALL_KS) or tuple(splits.recall_ks)
     if any(k <= 0 for k in ks):
         raise ConfigError(f"TEST.RECALL_KS = {list(ks)}; expected positive integers")
@@ -77,8 +80,44 @@ def build_eval_spec(cfg, splits: DatasetSplits) -> EvalSpec:
         name=splits.name, protocol=protocol, query_is_gallery=splits.query_is_gallery,
         trials=_trial_indices(splits), recall_ks=ks, dist_metric=cfg.TEST.DIST_METRIC,
         max_rank=cfg.TEST.MAX_RANK, chunk_size=cfg.TEST.EVAL_CHUNK, nmi_runs=cfg.TEST.NMI_RUNS,
-        seed=cfg.SEED, re_ranking=re_ranking,
+        seed=cfg.SEED, re_ranking=re_ranking, norm_k=float(cfg.TEST.NORM_K),
     )
+
+
+def _check_norm_k(cfg, protocol: str, name: str) -> None:
+    from modeling.arch import parse_arch
+
+    k = cfg.TEST.NORM_K
+    if cfg.TEST.FEAT_NORM != "yes":
+        raise ConfigError(f"TEST.NORM_K = {k} uses the angle 2 asin(d/2) between L2-normalised features, but "
+                          "TEST.FEAT_NORM is 'no': set TEST.FEAT_NORM yes (or TEST.NORM_K 0)")
+    if not parse_arch(cfg.MODEL.ARCH).uncertainty:
+        raise ConfigError(f"TEST.NORM_K = {k} needs the uncertainty head's offsets, but MODEL.ARCH "
+                          f"{cfg.MODEL.ARCH!r} has none: use the 'uc' / 'clsuc' ARCH the model was trained with")
+    if protocol != "reid":
+        raise ConfigError(f"TEST.NORM_K applies to the re-ID protocol; {name} is evaluated with '{protocol}'")
+    if cfg.TEST.RE_RANKING == "yes":
+        raise ConfigError("TEST.NORM_K and TEST.RE_RANKING cannot be combined (re-ranking uses its own distance)")
+
+
+def uncertainty_distance(gallery_uc: torch.Tensor, k: float):
+    """distance_fn(q, g) = 2 asin(||q - g|| / 2) - k u_g for L2-normalised q, g (NAMA's test distance; only
+    the gallery term changes a query's ranking)."""
+    def distance(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+        chord = (2.0 - 2.0 * query @ gallery.t()).clamp_min(0.0).sqrt()
+        return 2.0 * torch.asin((chord / 2.0).clamp(max=1.0)) - k * gallery_uc.to(chord)[None, :]
+
+    return distance
+
+
+def display_distance(spec: EvalSpec, gallery_uc: torch.Tensor | None = None):
+    """distance_fn(q, g) of the distance the spec ranks by, in readable units (Euclidean distance, 1 - cos,
+    or NAMA's angle minus K u_g): what rank pictures and ranked lists print."""
+    if spec.norm_k != 0:
+        return uncertainty_distance(gallery_uc, spec.norm_k)
+    if spec.dist_metric == "cosine":
+        return lambda q, g: 1.0 - torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(g, dim=1).t()
+    return lambda q, g: torch.cdist(q, g)
 
 
 def _mean_of_trials(results: list[dict]) -> dict:
@@ -103,7 +142,7 @@ def _take(tensor: torch.Tensor, index: np.ndarray) -> torch.Tensor:
     return tensor[torch.as_tensor(index, device=tensor.device)]
 
 
-def _reid(spec: EvalSpec, feats, labels, camids, q, g) -> dict:
+def _reid(spec: EvalSpec, feats, labels, camids, q, g, uc=None) -> dict:
     from engine.metrics import reid_metrics
 
     args = (_take(feats, q), _take(feats, g), _take(labels, q), _take(labels, g), _take(camids, q), _take(camids, g))
@@ -113,7 +152,9 @@ def _reid(spec: EvalSpec, feats, labels, camids, q, g) -> dict:
         k1, k2, lam = spec.re_ranking
         result = rerank_and_evaluate(*args, k1=k1, k2=k2, lambda_value=lam, max_rank=spec.max_rank)
     else:
-        result = reid_metrics(*args, max_rank=spec.max_rank, metric=spec.dist_metric, **spec.chunk_kwargs())
+        distance_fn = uncertainty_distance(_take(uc, g), spec.norm_k) if spec.norm_k != 0 else None
+        result = reid_metrics(*args, max_rank=spec.max_rank, metric=spec.dist_metric, distance_fn=distance_fn,
+                              **spec.chunk_kwargs())
     out = {k: float(result[k]) for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}
     out["cmc"] = [float(v) for v in result["cmc"]]
     out["num_query"] = int(result["num_query"])
@@ -135,12 +176,16 @@ def _retrieval(spec: EvalSpec, feats, labels, q, g) -> dict:
             for k, v in result.items()}
 
 
-def evaluate_embeddings(spec: EvalSpec, feats: torch.Tensor, labels: torch.Tensor, camids: torch.Tensor) -> dict:
-    """The numbers of one dataset from its embeddings (already normalised if TEST.FEAT_NORM says so)."""
+def evaluate_embeddings(spec: EvalSpec, feats: torch.Tensor, labels: torch.Tensor, camids: torch.Tensor,
+                        uc: torch.Tensor | None = None) -> dict:
+    """The numbers of one dataset from its embeddings (already normalised if TEST.FEAT_NORM says so); `uc`,
+    the uncertainty offsets of the items, is needed when spec.norm_k is not 0."""
+    if spec.norm_k != 0 and uc is None:
+        raise ValueError("spec.norm_k needs the items' uncertainty offsets uc")
     results = []
     for q, g in spec.trials:
         if spec.protocol == "reid":
-            results.append(_reid(spec, feats, labels, camids, q, g))
+            results.append(_reid(spec, feats, labels, camids, q, g, uc))
         else:
             results.append(_retrieval(spec, feats, labels, q, g))
     return _mean_of_trials(results)

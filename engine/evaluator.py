@@ -31,11 +31,16 @@ def build_extractor(model: nn.Module, precision: Precision, device: torch.device
         model.eval()
         with precision.autocast():
             outputs = model(batch["image"].to(device, non_blocking=True))
+        feats = outputs[key].float()
         return {
-            "feats": outputs[key].float(),
+            "feats": feats,
             "labels": batch["label"].to(device),
             "camids": batch["camid"].to(device),
             "index": batch["index"].to(device),
+            # what rank pictures and TEST.NORM_K need: the embedding's norm before any normalisation, and
+            # the uncertainty head's offset u (0 without a head)
+            "norms": feats.norm(dim=1),
+            "uc": outputs["uc"].float() if "uc" in outputs else feats.new_zeros(len(feats)),
         }
 
     return Engine(step)
@@ -62,7 +67,7 @@ class EmbeddingMetric(Metric):
     """Scores one dataset's test embeddings per its EvalSpec (re-ID: CMC/mAP/mINP; retrieval: Recall@K,
     MAP@R, R-precision, mARP, NMI). compute() returns a dict of numbers (and the CMC curve for re-ID)."""
 
-    required_output_keys = ("feats", "labels", "camids", "index")
+    required_output_keys = ("feats", "labels", "camids", "index", "norms", "uc")
 
     def __init__(self, spec: EvalSpec, feat_norm: bool = True, device: torch.device | str = "cpu"):
         check_choice("TEST.DIST_METRIC", spec.dist_metric, VALID_METRICS)
@@ -71,35 +76,43 @@ class EmbeddingMetric(Metric):
         super().__init__(output_transform=lambda out: out, device=device, skip_unrolling=True)
 
     def reset(self) -> None:
-        self._feats, self._labels, self._camids, self._index = [], [], [], []
+        self._feats, self._labels, self._camids, self._index, self._norms, self._uc = [], [], [], [], [], []
+        self.last: dict[str, torch.Tensor] = {}
 
     def update(self, output: tuple) -> None:
-        feats, labels, camids, index = output
+        feats, labels, camids, index, norms, uc = output
         self._feats.append(feats.detach())
         self._labels.append(labels)
         self._camids.append(camids)
         self._index.append(index)
+        self._norms.append(norms.detach())
+        self._uc.append(uc.detach())
 
-    def gathered(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Embeddings, labels and cameras of every item in dataset order (query first), across ranks."""
+    def gathered(self) -> dict[str, torch.Tensor]:
+        """Embeddings (normalised if TEST.FEAT_NORM), labels, cameras, raw embedding norms and uncertainty
+        offsets of every item in dataset order (query first), across ranks."""
         index = torch.cat(self._index)
-        feats = _gather_in_order(torch.cat(self._feats), index)
-        labels = _gather_in_order(torch.cat(self._labels), index)
-        camids = _gather_in_order(torch.cat(self._camids), index)
+        out = {name: _gather_in_order(torch.cat(parts), index) for name, parts in (
+            ("feats", self._feats), ("labels", self._labels), ("camids", self._camids), ("norms", self._norms),
+            ("uc", self._uc))}
         if self.feat_norm:
-            feats = F.normalize(feats, dim=1)
-        return feats, labels, camids
+            out["feats"] = F.normalize(out["feats"], dim=1)
+        return out
 
     def compute(self) -> dict:
-        return evaluate_embeddings(self.spec, *self.gathered())
+        self.last = self.gathered()  # kept for test.py's rank pictures
+        last = self.last
+        return evaluate_embeddings(self.spec, last["feats"], last["labels"], last["camids"], uc=last["uc"])
 
 
-def build_evaluator(cfg, model: nn.Module, precision: Precision, device: torch.device, spec: EvalSpec) -> Engine:
+def build_evaluator(cfg, model: nn.Module, precision: Precision, device: torch.device,
+                    spec: EvalSpec) -> tuple[Engine, EmbeddingMetric]:
     """Extractor engine with the EmbeddingMetric of `spec` attached as 'eval' (its keys also land in state.metrics)."""
     check_choice("TEST.FEAT_NORM", cfg.TEST.FEAT_NORM, ("yes", "no"))
     evaluator = build_extractor(model, precision, device, cfg.TEST.NECK_FEAT)
-    EmbeddingMetric(spec, feat_norm=cfg.TEST.FEAT_NORM == "yes", device=device).attach(evaluator, "eval")
-    return evaluator
+    metric = EmbeddingMetric(spec, feat_norm=cfg.TEST.FEAT_NORM == "yes", device=device)
+    metric.attach(evaluator, "eval")
+    return evaluator, metric
 
 
 class DatasetEvaluation:
@@ -109,8 +122,9 @@ class DatasetEvaluation:
         from engine.evaluation import build_eval_spec
 
         self.spec = build_eval_spec(cfg, eval_set.splits)
+        self.splits = eval_set.splits
         self.loader = eval_set.loader
-        self.engine = build_evaluator(cfg, model, precision, device, self.spec)
+        self.engine, self.metric = build_evaluator(cfg, model, precision, device, self.spec)
 
     def run(self) -> dict:
         """Embed and score; returns {'dataset', 'protocol', 'eval_seconds', **metrics}."""

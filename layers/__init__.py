@@ -22,6 +22,7 @@ from layers.contrastive import ContrastiveLoss
 from layers.margin_heads import ArcFaceHead, CircleClsHead, CosFaceHead, NormSoftmaxHead
 from layers.margin_loss import MarginLoss
 from layers.multi_similarity import MultiSimilarityLoss
+from layers.norm_regularizer import norm_regularizer, parse_reg_type
 from layers.pairwise_cosface import PairwiseCosFaceLoss
 from layers.pml_catalogue import PREFIX as PML_PREFIX
 from layers.pml_catalogue import PMLMetricLoss, build_pml_loss, build_pml_miner
@@ -30,6 +31,8 @@ from layers.proxy_nca import ProxyNCALoss
 from layers.soft_contrastive import SoftContrastiveLoss
 from layers.softmax import SoftmaxClassifierLoss
 from layers.triplet import BatchHardTripletLoss
+from layers.uc_losses import UcClsHead, UcTripletLoss
+from modeling.arch import parse_arch
 
 Builder = Callable[..., nn.Module]
 
@@ -48,6 +51,10 @@ CLS_LOSSES: dict[str, Builder] = {
     "n-softmax": lambda cfg, c, d: NormSoftmaxHead(d, c, scale=cfg.SOLVER.CS, label_smoothing=_smoothing(cfg)),
     "circle": lambda cfg, c, d: CircleClsHead(d, c, scale=cfg.SOLVER.CS, margin=cfg.LOSS.CIRCLE.MARGIN,
                                               label_smoothing=_smoothing(cfg)),
+    # NAMA: per-sample margins from the uncertainty head; the form is MODEL.ARCH's 'arc' / 'cos' token
+    "uc-cls": lambda cfg, c, d: UcClsHead(d, c, scale=cfg.SOLVER.CS, margin=cfg.SOLVER.MARGIN,
+                                          form=parse_arch(cfg.MODEL.ARCH).margin_form,
+                                          label_smoothing=_smoothing(cfg)),
 }
 
 
@@ -92,7 +99,12 @@ METRIC_LOSSES: dict[str, Builder] = {
                                                       delta=cfg.LOSS.PROXY_ANCHOR.DELTA),
     "amloss": _amloss,
     "center": lambda cfg, c, d: CenterLoss(c, d),
+    # NAMA (seed 002): margins shifted per sample by the uncertainty head's offsets
+    "uc-tri-n": lambda cfg, c, d: UcTripletLoss(scale=cfg.SOLVER.S, margin=cfg.SOLVER.MARGIN, form="tri-n"),
+    "uc-tri-hard": lambda cfg, c, d: UcTripletLoss(scale=cfg.SOLVER.S, margin=cfg.SOLVER.MARGIN, form="tri-hard"),
+    "uc-pair-n": lambda cfg, c, d: UcTripletLoss(scale=cfg.SOLVER.S, margin=cfg.SOLVER.MARGIN, form="pair-n"),
 }
+UC_METRIC_LOSSES = ("uc-tri-n", "uc-tri-hard", "uc-pair-n")
 # Other spellings the seeds use
 METRIC_ALIASES = {"tri": "triplet", "triplet_center": "triplet+center"}
 
@@ -140,15 +152,46 @@ def build_metric_term(cfg, name: str, num_classes: int, feat_dim: int) -> nn.Mod
     return _build_term("MODEL.METRIC_LOSS_TYPE", name, lambda: METRIC_LOSSES[name](cfg, num_classes, feat_dim))
 
 
+def _check_arch(cfg, names: list[str]) -> None:
+    """The uncertainty losses need the head on their path; 'cls' archs train the classification loss alone."""
+    arch = parse_arch(cfg.MODEL.ARCH)
+    if arch.classification_only and names:
+        raise ConfigError(f"MODEL.ARCH {arch.name!r} trains the classification loss alone; set MODEL.METRIC_LOSS_TYPE "
+                          f"none (it is {cfg.MODEL.METRIC_LOSS_TYPE!r})")
+    uc_metric = [n for n in names if n in UC_METRIC_LOSSES]
+    if uc_metric and not (arch.uncertainty and not arch.classification_only):
+        raise ConfigError(f"MODEL.METRIC_LOSS_TYPE {uc_metric[0]!r} needs the uncertainty head on the metric path: "
+                          f"MODEL.ARCH 'uc' or e.g. 'uc-bn-no' (it is {arch.name!r})")
+    if cfg.MODEL.CLS_LOSS_TYPE == "uc-cls" and not (arch.uncertainty and arch.classification_only):
+        raise ConfigError(f"MODEL.CLS_LOSS_TYPE 'uc-cls' needs the uncertainty head on the classification path: "
+                          f"MODEL.ARCH 'clsuc' (or 'clsuc-arc', 'clsuc-cos'; it is {arch.name!r})")
+
+
+def _norm_regularizer(cfg):
+    """NAMA's norm regulariser (SOLVER.NORM_LU / REG_TYPE, weight MAG_G) when the model has the head."""
+    if not parse_arch(cfg.MODEL.ARCH).uncertainty or cfg.SOLVER.MAG_G == 0:
+        return None
+    bounds = list(cfg.SOLVER.NORM_LU)
+    if len(bounds) != 2 or not 0 <= bounds[0] < bounds[1]:
+        raise ConfigError(f"SOLVER.NORM_LU = {bounds}; expected [l_a, u_a] with 0 <= l_a < u_a, e.g. [10, 110]")
+    try:
+        parse_reg_type(cfg.SOLVER.REG_TYPE)
+    except ValueError as err:
+        raise ConfigError(f"SOLVER.REG_TYPE = {cfg.SOLVER.REG_TYPE!r}: {err}") from None
+    lower, upper, reg_type = float(bounds[0]), float(bounds[1]), cfg.SOLVER.REG_TYPE
+    return lambda norms: norm_regularizer(norms, lower, upper, reg_type)
+
+
 def build_loss(cfg, num_classes: int, feat_dim: int) -> CompositeLoss:
     """The criterion of MODEL.CLS_LOSS_TYPE and MODEL.METRIC_LOSS_TYPE with their SOLVER weights.
 
     total = CLS_LOSS_WEIGHT * cls + sum over metric terms of TRI_LOSS_WEIGHT * term (CENTER_LOSS_WEIGHT for
-    'center').
+    'center'), plus, with NAMA's uncertainty head, MAG_G times the norm regulariser as a gradient-only term.
     """
     check_choice("MODEL.CLS_LOSS_TYPE", cfg.MODEL.CLS_LOSS_TYPE, (*CLS_LOSSES, "none"))
     check_choice("MODEL.IF_LABELSMOOTH", cfg.MODEL.IF_LABELSMOOTH, ("on", "off"))
     names = metric_loss_names(cfg)
+    _check_arch(cfg, names)
     if cfg.LOSS.MINER and not any(n.startswith(PML_PREFIX) for n in names):
         raise ConfigError(f"LOSS.MINER = {cfg.LOSS.MINER!r} feeds 'pml:' metric losses only; MODEL.METRIC_LOSS_TYPE "
                           f"{cfg.MODEL.METRIC_LOSS_TYPE!r} does its own mining (or none): clear LOSS.MINER")
@@ -161,7 +204,8 @@ def build_loss(cfg, num_classes: int, feat_dim: int) -> CompositeLoss:
     metric_terms = {term_key(n): build_metric_term(cfg, n, num_classes, feat_dim) for n in names}
     weights = {term_key(n): cfg.SOLVER.CENTER_LOSS_WEIGHT if n == "center" else cfg.SOLVER.TRI_LOSS_WEIGHT
                for n in names}
-    return CompositeLoss(cls_term, metric_terms, cfg.SOLVER.CLS_LOSS_WEIGHT, weights)
+    return CompositeLoss(cls_term, metric_terms, cfg.SOLVER.CLS_LOSS_WEIGHT, weights,
+                         norm_regularizer=_norm_regularizer(cfg), norm_regularizer_weight=cfg.SOLVER.MAG_G)
 
 
 __all__ = ["CLS_LOSSES", "METRIC_ALIASES", "METRIC_LOSSES", "CompositeLoss", "build_loss", "build_metric_term",

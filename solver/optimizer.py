@@ -1,4 +1,4 @@
-"""Optimizer with named parameter groups: backbone, bias, neck, loss, proxy, beta."""
+"""Optimizer with named parameter groups: backbone, bias, neck, loss, proxy, beta, poly."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def parameter_groups(cfg, model: nn.Module, criterion: nn.Module) -> list[dict]:
     - loss: learnable loss parameters (classifier weights); BASE_LR, WEIGHT_DECAY_NECK
     - proxy: proxies of proxy-based losses; BASE_LR * PROXY_LR_FACTOR, WEIGHT_DECAY (Proxy Anchor's recipe)
     - beta: the margin loss's learnable betas; LOSS.MARGIN_LOSS.BETA_LR, no weight decay (Wu et al.)
+    - poly: the uncertainty head's coefficients (NAMA's MAM); BASE_LR, WEIGHT_DECAY_POLY
     AMLoss margins and center-loss centers are not here: they have their own optimizers (solver/build.py).
     Frozen parameters (the BNNeck bias) are left out. Empty groups are dropped.
     """
@@ -48,11 +49,14 @@ def parameter_groups(cfg, model: nn.Module, criterion: nn.Module) -> list[dict]:
         "loss": {"params": [], "lr": s.BASE_LR, "weight_decay": s.WEIGHT_DECAY_NECK},
         "proxy": {"params": [], "lr": s.BASE_LR * s.PROXY_LR_FACTOR, "weight_decay": s.WEIGHT_DECAY},
         "beta": {"params": [], "lr": cfg.LOSS.MARGIN_LOSS.BETA_LR, "weight_decay": 0.0},
+        "poly": {"params": [], "lr": s.BASE_LR, "weight_decay": s.WEIGHT_DECAY_POLY},
     }
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if name.endswith("bias"):
+        if name.startswith("uc_head."):
+            groups["poly"]["params"].append(param)
+        elif name.endswith("bias"):
             groups["bias"]["params"].append(param)
         elif name.startswith("neck."):
             groups["neck"]["params"].append(param)

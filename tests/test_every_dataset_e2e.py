@@ -6,13 +6,23 @@ import zlib
 from pathlib import Path
 
 import pytest
+from market_tree import make_market_tree
 from PIL import Image
+from test_reid_datasets import (
+    make_duke,
+    make_msmt17,
+    make_split_folders,
+    make_vehicleid,
+)
+from test_retrieval_datasets import (
+    make_cars_tree,
+    make_cub_tree,
+    make_inshop_tree,
+    make_sop_tree,
+)
 
 from config import load_config
 from engine.training import train
-from market_tree import make_market_tree
-from test_reid_datasets import make_duke, make_msmt17, make_split_folders, make_vehicleid
-from test_retrieval_datasets import make_cars_tree, make_cub_tree, make_inshop_tree, make_sop_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}

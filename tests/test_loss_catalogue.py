@@ -37,12 +37,19 @@ def _cfg(*opts: str):
     return load_config(None, list(opts))
 
 
+def _arch_opts(kind: str, name: str) -> list[str]:
+    """NAMA's uc losses need the uncertainty head on their path (MODEL.ARCH)."""
+    if name.startswith("uc-"):
+        return ["MODEL.ARCH", "clsuc" if kind == "cls" else "uc"]
+    return []
+
+
 def _metric_cfg(name: str, *opts: str):
-    return _cfg("MODEL.METRIC_LOSS_TYPE", name, "MODEL.CLS_LOSS_TYPE", "none", *opts)
+    return _cfg("MODEL.METRIC_LOSS_TYPE", name, "MODEL.CLS_LOSS_TYPE", "none", *_arch_opts("metric", name), *opts)
 
 
 def _cls_cfg(name: str, *opts: str):
-    return _cfg("MODEL.METRIC_LOSS_TYPE", "none", "MODEL.CLS_LOSS_TYPE", name, *opts)
+    return _cfg("MODEL.METRIC_LOSS_TYPE", "none", "MODEL.CLS_LOSS_TYPE", name, *_arch_opts("cls", name), *opts)
 
 
 def _batch(seed: int = 0, p: int = NUM_CLASSES, k: int = 4, d: int = FEAT_DIM, dtype=torch.float32):
@@ -50,7 +57,9 @@ def _batch(seed: int = 0, p: int = NUM_CLASSES, k: int = 4, d: int = FEAT_DIM, d
     labels = torch.arange(p).repeat_interleave(k)
     centres = torch.randn(p, d, generator=g)
     feats = centres[labels] + 0.8 * torch.randn(len(labels), d, generator=g)
-    return {"feat": feats.to(dtype), "neck_feat": feats.to(dtype)}, labels
+    uc = 0.05 * torch.randn(len(labels), generator=g)  # the uncertainty head's offsets, for the uc losses
+    return {"feat": feats.to(dtype), "neck_feat": feats.to(dtype), "uc": uc.to(dtype),
+            "uc_norm": feats.norm(dim=1).to(dtype)}, labels
 
 
 ALL_CASES = [("metric", n) for n in METRIC_NAMES] + [("cls", n) for n in CLS_NAMES] + [
@@ -72,7 +81,7 @@ def test_every_loss_is_finite_with_its_parts(kind, name):
     outputs, labels = _batch()
     feats = outputs["feat"].requires_grad_(True)
     torch.manual_seed(1)
-    total, parts = criterion({"feat": feats, "neck_feat": feats}, labels)
+    total, parts = criterion({**outputs, "feat": feats, "neck_feat": feats}, labels)
     assert total.dim() == 0 and torch.isfinite(total)
     assert set(parts) | {"loss"} == set(criterion.part_names)
     assert all(torch.isfinite(v) and v.dim() == 0 for v in parts.values())
@@ -107,7 +116,7 @@ def test_every_loss_decreases_on_a_toy_problem(kind, name):
     torch.manual_seed(2)
     for _ in range(40):
         optimizer.zero_grad()
-        loss, _ = criterion({"feat": feats, "neck_feat": feats}, labels)
+        loss, _ = criterion({**outputs, "feat": feats, "neck_feat": feats}, labels)
         values.append(loss.item())
         loss.backward()
         optimizer.step()
@@ -296,8 +305,9 @@ def _tiny_argv(root: Path, out: Path, *opts: str) -> list[str]:
             *[x for pair in pairs.items() for x in pair], *opts]
 
 
-SMOKE_CASES = [["MODEL.METRIC_LOSS_TYPE", n] for n in METRIC_NAMES] + \
-    [["MODEL.CLS_LOSS_TYPE", n] for n in CLS_NAMES] + [
+SMOKE_CASES = [["MODEL.METRIC_LOSS_TYPE", n, *_arch_opts("metric", n)] for n in METRIC_NAMES] + \
+    [["MODEL.CLS_LOSS_TYPE", n, *_arch_opts("cls", n), *(["MODEL.METRIC_LOSS_TYPE", "none"] if n.startswith("uc-") else [])]
+     for n in CLS_NAMES] + [
     ["MODEL.METRIC_LOSS_TYPE", "pml:MultiSimilarityLoss", "LOSS.MINER", "pml:MultiSimilarityMiner"],
     ["MODEL.METRIC_LOSS_TYPE", "ms+center", "MODEL.CLS_LOSS_TYPE", "none"],
     ["MODEL.METRIC_LOSS_TYPE", "margin", "LOSS.MARGIN_LOSS.LEARN_BETA", "yes"],

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from market_tree import make_market_tree
 
 from config.errors import UserError
 from config.loading import load_config
@@ -15,7 +16,6 @@ from data.datasets import load_dataset
 from data.datasets.market1501 import DatasetLayoutError, load_market1501
 from data.image_dataset import ImageDataset, UnreadableImageError, read_image
 from data.records import Record
-from market_tree import make_market_tree
 
 _NAME = re.compile(r"^(-?\d+)_c(\d+)s")
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from market_tree import make_market_tree
 
 from config import ConfigError, UserError, load_config
 from data.image_dataset import UnreadableImageError
 from engine.testing import run_test
 from engine.training import NonFiniteLossError, train
-from market_tree import make_market_tree
 from modeling.weights import WeightsMismatchError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,8 +188,8 @@ def test_cli_train_then_test(market_root, tmp_path):
 
 
 def test_test_py_with_k_reciprocal_re_ranking(market_root, finished_run, tmp_path):
-    from engine.reranking import k_reciprocal_dense
     from engine.metrics import reid_metrics
+    from engine.reranking import k_reciprocal_dense
 
     opts = tiny_opts(market_root, tmp_path / "rr", **{"TEST.WEIGHT": str(finished_run / "best.pt"),
                                                        "TEST.RE_RANKING": "yes", "TEST.RE_RANKING_K1": "6",
@@ -198,8 +198,8 @@ def test_test_py_with_k_reciprocal_re_ranking(market_root, finished_run, tmp_pat
     assert 0.0 < result["mAP"] <= 1.0
     # the same numbers as the dense algorithm applied to the same embeddings
     from data.build import build_data
-    from engine.evaluator import EmbeddingMetric, build_extractor
     from engine.evaluation import build_eval_spec
+    from engine.evaluator import EmbeddingMetric, build_extractor
     from engine.precision import resolve_precision
     from modeling import build_model
     from modeling.weights import load_model_checkpoint
@@ -212,7 +212,8 @@ def test_test_py_with_k_reciprocal_re_ranking(market_root, finished_run, tmp_pat
     metric = EmbeddingMetric(build_eval_spec(cfg, eval_set.splits))
     metric.attach(extractor, "eval")
     extractor.run(eval_set.loader)
-    feats, labels, camids = metric.gathered()
+    gathered = metric.gathered()
+    feats, labels, camids = gathered["feats"], gathered["labels"], gathered["camids"]
     nq = len(eval_set.splits.query)
     dense = k_reciprocal_dense(feats[:nq], feats[nq:], k1=6, k2=3, lambda_value=0.3)
     expected = reid_metrics(feats[:nq], feats[nq:], labels[:nq], labels[nq:], camids[:nq], camids[nq:],
