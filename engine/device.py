@@ -21,12 +21,16 @@ def resolve_device(choice: str) -> torch.device:
     return idist.device() if torch.cuda.is_available() else torch.device("cpu")
 
 
-def distribute(module: nn.Module, device: torch.device) -> nn.Module:
-    """Move to `device`; with several processes wrap in DistributedDataParallel (if it has parameters)."""
+def distribute(module: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
+    """Move to `device`; with several processes wrap in DistributedDataParallel (if it has parameters).
+
+    `find_unused_parameters`: some trainable parameters get no gradient by construction (e.g. the BNNeck when
+    no classification loss trains), which DDP must be told about."""
     module = module.to(device)
     if idist.get_world_size() > 1 and any(p.requires_grad for p in module.parameters()):
         device_ids = [device.index] if device.type == "cuda" else None
-        module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+        module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids,
+                                                     find_unused_parameters=find_unused_parameters)
     return module
 
 

@@ -50,6 +50,17 @@ def log_config_changes(cfg) -> None:
         logger.info("Keys that differ from the defaults:\n%s", rows)
 
 
+def model_has_unused_parameters(cfg) -> bool:
+    """Whether some trainable model parameters never get a gradient under this config: the BNNeck without a
+    classification loss, or NAMA's head when no uc loss reads its offsets."""
+    from layers import metric_loss_names
+    from modeling.arch import parse_arch
+
+    neck_unused = cfg.MODEL.CLS_LOSS_TYPE == "none" and cfg.MODEL.NECK == "bnneck"
+    uses_uc = cfg.MODEL.CLS_LOSS_TYPE == "uc-cls" or any(n.startswith("uc-") for n in metric_loss_names(cfg))
+    return neck_unused or (parse_arch(cfg.MODEL.ARCH).uncertainty and not uses_uc)
+
+
 def _every(period: int, last: int):
     """Event filter: every `period` epochs and at epoch `last`."""
     return lambda engine, epoch: epoch % period == 0 or epoch == last
@@ -110,7 +121,7 @@ def train(cfg, resume: str | None = None) -> dict:
     criterion.to(device)
     solver = build_solver(cfg, model, criterion)
     scaler = precision.grad_scaler()
-    trainer = build_standard_trainer(distribute(model, device), distribute(criterion, device), solver,
+    trainer = build_standard_trainer(distribute(model, device, model_has_unused_parameters(cfg)), distribute(criterion, device), solver,
                                      scaler, precision, device)
     evaluations = [DatasetEvaluation(cfg, model, precision, device, eval_set) for eval_set in data.eval_sets]
     main_metric = evaluations[0].spec.main_metric  # the first evaluated dataset picks the best model

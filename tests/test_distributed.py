@@ -33,3 +33,21 @@ def test_torchrun_two_processes_train_and_evaluate_like_one(tmp_path):
     single = json.loads((tmp_path / "single/test_metrics.json").read_text())
     for key in ("rank1", "rank5", "mAP", "mINP"):
         assert abs(single[key] - records[0][key]) < 1e-6, key
+
+
+def test_torchrun_with_parameters_that_get_no_gradient(tmp_path):
+    """No classification loss (the BNNeck gets no gradient) and NAMA's head with a uc loss + center loss with
+    its own optimizer: DDP is told about unused parameters, every optimizer steps on both ranks."""
+    make_market_tree(tmp_path / "data", train_ids=8, test_ids=5, images_per_id=4, cameras=3, size=(32, 16))
+    out = tmp_path / "dist"
+    opts = ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "none", "DATASETS.ROOT_DIR", str(tmp_path / "data"),
+            "INPUT.SIZE_TRAIN", "[32, 16]", "INPUT.SIZE_TEST", "[32, 16]", "SOLVER.IMS_PER_BATCH", "16",
+            "DATALOADER.NUM_INSTANCE", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.MAX_EPOCHS", "1",
+            "SOLVER.WARMUP_ITERS", "0", "TEST.IMS_PER_BATCH", "4", "MODEL.ARCH", "uc",
+            "MODEL.METRIC_LOSS_TYPE", "uc-tri-n+center", "MODEL.CLS_LOSS_TYPE", "none"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518", "train.py",
+         *opts, "OUTPUT_DIR", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (out / "checkpoints" / "checkpoint_1.pt").is_file()
