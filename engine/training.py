@@ -121,8 +121,8 @@ def train(cfg, resume: str | None = None) -> dict:
     criterion.to(device)
     solver = build_solver(cfg, model, criterion)
     scaler = precision.grad_scaler()
-    trainer = build_standard_trainer(distribute(model, device, model_has_unused_parameters(cfg)), distribute(criterion, device), solver,
-                                     scaler, precision, device)
+    trainer = build_standard_trainer(distribute(model, device, model_has_unused_parameters(cfg)),
+                                     distribute(criterion, device), solver, scaler, precision, device)
     evaluations = [DatasetEvaluation(cfg, model, precision, device, eval_set) for eval_set in data.eval_sets]
     main_metric = evaluations[0].spec.main_metric  # the first evaluated dataset picks the best model
     best = BestScore()
