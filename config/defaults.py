@@ -173,6 +173,16 @@ _C.SOLVER.IMS_PER_BATCH = 64
 _C.SOLVER.AMP = "auto"
 
 # ---------------------------------------------------------------------------------------------------------
+# LOG: what a run writes besides log.txt and metrics.jsonl
+# ---------------------------------------------------------------------------------------------------------
+_C.LOG = CN()
+# TensorBoard event files in OUTPUT_DIR/tensorboard (losses, learning rates, metrics): 'yes' or 'no'
+_C.LOG.TENSORBOARD = "yes"
+# Curve pictures curves_loss.png, curves_lr.png, curves_metrics.png in OUTPUT_DIR, redrawn at every
+# evaluation: 'yes' or 'no'
+_C.LOG.PLOTS = "yes"
+
+# ---------------------------------------------------------------------------------------------------------
 # LOSS: hyper-parameters of each loss, under the loss's name (defaults are the seeds' / papers')
 # ---------------------------------------------------------------------------------------------------------
 _C.LOSS = CN()
@@ -322,6 +332,11 @@ _C.TEST.DATASETS = []
 # test.py: k > 0 writes one rank picture per query (the query, its top k-1 valid gallery items and, last, its
 # lowest-ranked true match) to OUTPUT_DIR/visrank/<dataset>/; 0 = none
 _C.TEST.VISRANK = 0
+# test.py: the top k gallery items of every query (path, distance, match) in OUTPUT_DIR/ranked_list_<dataset>.*;
+# 0 = none
+_C.TEST.RANKED_LIST = 10
+# Format of the ranked lists: 'csv' (one row per query and rank) or 'json'
+_C.TEST.RANKED_LIST_FORMAT = "csv"
 # Strength K of the uncertainty in the test distance (the seed's K, usually 0): D = 2 asin(d/2) - K u_g on
 # normalised features (needs TEST.FEAT_NORM yes and a model with an uncertainty head)
 _C.TEST.NORM_K = 0.0

@@ -10,6 +10,7 @@ import ignite.distributed as idist
 import torch
 
 from config import UserError
+from config.errors import check_choice
 from data.build import build_data
 from engine.device import resolve_device
 from engine.evaluator import DatasetEvaluation, format_metrics
@@ -20,29 +21,59 @@ from modeling import build_model, load_weights
 logger = logging.getLogger("test")
 
 
-def write_visrank(cfg, evaluation: DatasetEvaluation, output_dir: Path) -> list[Path]:
-    """TEST.VISRANK's rank pictures of the evaluation just run (its first trial), ranked by the same distance
-    as the metrics (TEST.DIST_METRIC, or NAMA's TEST.NORM_K distance)."""
-    import numpy as np
+class RankingInputs:
+    """What rank pictures and ranked lists of one evaluated dataset need (its first trial): paths, labels,
+    cameras, raw embedding norms, and the distance the metrics ranked by (TEST.DIST_METRIC or NAMA's
+    TEST.NORM_K distance)."""
 
-    from engine.evaluation import display_distance
-    from engine.rank_pictures import ranked_lists, write_rank_pictures
+    def __init__(self, evaluation: DatasetEvaluation):
+        import numpy as np
 
-    spec, last = evaluation.spec, evaluation.metric.last
-    q_index, g_index = (torch.as_tensor(np.asarray(ix), device=last["feats"].device) for ix in spec.trials[0])
-    feats, labels, camids = last["feats"], last["labels"].cpu(), last["camids"].cpu()
-    query_feats, gallery_feats = feats[q_index], feats[g_index]
-    distance = display_distance(spec, last["uc"][g_index])
-    records = evaluation.splits.eval_records()
-    ranked = ranked_lists(lambda start, stop: distance(query_feats[start:stop], gallery_feats), len(q_index),
-                          labels[q_index.cpu()], camids[q_index.cpu()], labels[g_index.cpu()], camids[g_index.cpu()],
-                          top_k=cfg.TEST.VISRANK, reid=spec.protocol == "reid",
-                          query_is_gallery=spec.query_is_gallery)
-    norms = last["norms"].cpu()
-    return write_rank_pictures(output_dir, spec.name, [records[i].path for i in q_index.tolist()],
-                               [records[i].path for i in g_index.tolist()], ranked, labels[q_index.cpu()],
-                               labels[g_index.cpu()], norms[q_index.cpu()], norms[g_index.cpu()],
-                               size=tuple(cfg.INPUT.SIZE_TEST))
+        from engine.evaluation import display_distance
+
+        spec, last = evaluation.spec, evaluation.metric.last
+        self.spec = spec
+        q_index, g_index = (np.asarray(ix) for ix in spec.trials[0])
+        device = last["feats"].device
+        self._query = last["feats"][torch.as_tensor(q_index, device=device)]
+        self._gallery = last["feats"][torch.as_tensor(g_index, device=device)]
+        self._distance = display_distance(spec, last["uc"][torch.as_tensor(g_index, device=device)])
+        records = evaluation.splits.eval_records()
+        self.query_paths = [records[i].path for i in q_index]
+        self.gallery_paths = [records[i].path for i in g_index]
+        labels, camids, norms = (last[k].cpu().numpy() for k in ("labels", "camids", "norms"))
+        self.query_labels, self.gallery_labels = labels[q_index], labels[g_index]
+        self.query_camids, self.gallery_camids = camids[q_index], camids[g_index]
+        self.query_norms, self.gallery_norms = norms[q_index], norms[g_index]
+
+    def ranked(self, top_k: int):
+        """engine.rank_pictures.ranked_lists of every query (the top_k - 1 best valid items + last match)."""
+        from engine.rank_pictures import ranked_lists
+
+        return ranked_lists(lambda start, stop: self._distance(self._query[start:stop], self._gallery),
+                            len(self.query_paths), self.query_labels, self.query_camids, self.gallery_labels,
+                            self.gallery_camids, top_k=top_k, reid=self.spec.protocol == "reid",
+                            query_is_gallery=self.spec.query_is_gallery)
+
+
+def write_visrank(cfg, inputs: RankingInputs, output_dir: Path) -> list[Path]:
+    """TEST.VISRANK's rank pictures under OUTPUT_DIR/visrank/<dataset>/."""
+    from engine.rank_pictures import write_rank_pictures
+
+    return write_rank_pictures(output_dir, inputs.spec.name, inputs.query_paths, inputs.gallery_paths,
+                               inputs.ranked(cfg.TEST.VISRANK), inputs.query_labels, inputs.gallery_labels,
+                               inputs.query_norms, inputs.gallery_norms, size=tuple(cfg.INPUT.SIZE_TEST))
+
+
+def write_ranked_list(cfg, inputs: RankingInputs, output_dir: Path) -> Path:
+    """TEST.RANKED_LIST's top-k of every query as OUTPUT_DIR/ranked_list_<dataset>.<csv|json>."""
+    from engine.ranked_list_files import write_ranked_lists
+
+    fmt = cfg.TEST.RANKED_LIST_FORMAT
+    path = output_dir / f"ranked_list_{inputs.spec.name}.{fmt}"
+    return write_ranked_lists(path, fmt, inputs.ranked(cfg.TEST.RANKED_LIST + 1), inputs.query_paths,
+                              inputs.gallery_paths, inputs.query_labels, inputs.gallery_labels, inputs.query_camids,
+                              inputs.gallery_camids)
 
 
 def run_test(cfg) -> dict:
@@ -73,6 +104,9 @@ def run_test(cfg) -> dict:
     weight = str(cfg.TEST.WEIGHT) or f"untrained ({cfg.MODEL.PRETRAIN_CHOICE})"
     if cfg.TEST.VISRANK < 0:
         raise UserError(f"TEST.VISRANK = {cfg.TEST.VISRANK}; expected 0 (no pictures) or the number of gallery tiles")
+    if cfg.TEST.RANKED_LIST < 0:
+        raise UserError(f"TEST.RANKED_LIST = {cfg.TEST.RANKED_LIST}; expected 0 (none) or the number of items per query")
+    check_choice("TEST.RANKED_LIST_FORMAT", cfg.TEST.RANKED_LIST_FORMAT, ("csv", "json"))
     results = []
     for eval_set in data.eval_sets:
         evaluation = DatasetEvaluation(cfg, model, precision, device, eval_set)
@@ -82,10 +116,15 @@ def run_test(cfg) -> dict:
         if "cmc" in result:
             cmc = result["cmc"]
             logger.info("CMC curve: %s", "  ".join(f"R{k}: {100 * cmc[k - 1]:.1f}%" for k in (1, 5, 10, 20, 50) if k <= len(cmc)))
-        if cfg.TEST.VISRANK > 0 and idist.get_rank() == 0:
-            pictures = write_visrank(cfg, evaluation, output_dir)
-            logger.info("Rank pictures of %d queries (%d gallery tiles each) in %s", len(pictures), cfg.TEST.VISRANK,
-                        output_dir / "visrank" / result["dataset"])
+        if (cfg.TEST.VISRANK > 0 or cfg.TEST.RANKED_LIST > 0) and idist.get_rank() == 0:
+            inputs = RankingInputs(evaluation)
+            if cfg.TEST.RANKED_LIST > 0:
+                logger.info("Ranked lists (top %d per query) in %s", cfg.TEST.RANKED_LIST,
+                            write_ranked_list(cfg, inputs, output_dir))
+            if cfg.TEST.VISRANK > 0:
+                pictures = write_visrank(cfg, inputs, output_dir)
+                logger.info("Rank pictures of %d queries (%d gallery tiles each) in %s", len(pictures),
+                            cfg.TEST.VISRANK, output_dir / "visrank" / result["dataset"])
         results.append(result)
     content = results[0] if len(results) == 1 else {"weight": weight, "datasets": results}
     atomic_write_text(output_dir / "test_metrics.json", json.dumps(content, indent=2))

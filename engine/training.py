@@ -12,6 +12,7 @@ from ignite.handlers import ProgressBar, TerminateOnNan, Timer
 from ignite.metrics import RunningAverage
 
 from config import UserError, changed_keys
+from config.errors import check_choice
 from data.build import build_data
 from engine.checkpointing import (
     BestScore,
@@ -20,6 +21,7 @@ from engine.checkpointing import (
     resolve_resume_path,
     save_best_model,
 )
+from engine.curves import draw_curves
 from engine.device import broadcast_buffers, distribute, resolve_device
 from engine.evaluator import DatasetEvaluation, format_metrics
 from engine.methods import build_standard_trainer
@@ -31,6 +33,7 @@ from engine.run_dir import (
     setup_logging,
 )
 from engine.seeding import epoch_seed, seed_everything
+from engine.tensorboard_logging import RunTensorboard
 from layers import build_loss
 from modeling import build_model
 from solver import build_solver
@@ -66,8 +69,9 @@ def _every(period: int, last: int):
     return lambda engine, epoch: epoch % period == 0 or epoch == last
 
 
-def _attach_progress(cfg, trainer: Engine, part_names: tuple[str, ...], solver) -> None:
-    """Running averages of the loss parts, a progress bar (or log lines), and an epoch summary with timing."""
+def _attach_progress(cfg, trainer: Engine, part_names: tuple[str, ...], solver, output_dir) -> None:
+    """Running averages of the loss parts, a progress bar (or log lines), and an epoch summary with timing,
+    also appended to OUTPUT_DIR/train_metrics.jsonl (the curves' source)."""
     for name in part_names:
         RunningAverage(output_transform=lambda out, n=name: out[n].item(), alpha=0.98).attach(trainer, f"avg_{name}")
     averages = [f"avg_{n}" for n in part_names]
@@ -96,6 +100,10 @@ def _attach_progress(cfg, trainer: Engine, part_names: tuple[str, ...], solver) 
         images = cfg.SOLVER.IMS_PER_BATCH / per_batch if per_batch > 0 else float("nan")
         logger.info("Epoch[%d] done: %s  lr: %.2e  %.3f s/batch  %.1f images/s",
                     engine.state.epoch, summary(engine), lr, per_batch, images)
+        record = {"epoch": engine.state.epoch, "iteration": engine.state.iteration, "lr": solver.learning_rates(),
+                  **{n[4:]: engine.state.metrics[n] for n in averages if n in engine.state.metrics},
+                  "seconds_per_batch": per_batch}
+        append_metrics(output_dir, record, "train_metrics.jsonl")
 
 
 def train(cfg, resume: str | None = None) -> dict:
@@ -140,7 +148,10 @@ def train(cfg, resume: str | None = None) -> dict:
         data.train_loader.generator.manual_seed(seed)
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan(output_transform=lambda out: out["loss"]))
-    _attach_progress(cfg, trainer, criterion.part_names, solver)
+    _attach_progress(cfg, trainer, criterion.part_names, solver, output_dir)
+    tensorboard = RunTensorboard(cfg, output_dir)
+    tensorboard.attach(trainer, criterion.part_names, solver, cfg.SOLVER.LOG_PERIOD)
+    check_choice("LOG.PLOTS", cfg.LOG.PLOTS, ("yes", "no"))
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _step_schedule(engine: Engine) -> None:
@@ -161,7 +172,10 @@ def train(cfg, resume: str | None = None) -> dict:
             record = {"epoch": epoch, "iteration": engine.state.iteration, **result,
                       f"best_{main_metric}": best.score, "best_epoch": best.epoch}
             append_metrics(output_dir, record)
+            tensorboard.log_evaluation(record, epoch)
             history.append(record)
+        if cfg.LOG.PLOTS == "yes" and idist.get_rank() == 0:
+            draw_curves(output_dir)
 
     trainer.add_event_handler(
         Events.EPOCH_COMPLETED(event_filter=_every(cfg.SOLVER.CHECKPOINT_PERIOD, max_epochs)),
