@@ -24,6 +24,19 @@ _C.MODEL.LAST_STRIDE = 1
 _C.MODEL.PRETRAIN_PATH = ""
 # 'imagenet' (backbone from MODEL.PRETRAIN_PATH), 'self' (whole model from our checkpoint), 'none' (random)
 _C.MODEL.PRETRAIN_CHOICE = "imagenet"
+# Global pooling of the backbone's feature map: 'avg', 'max', 'avg+max' (their sum: Proxy Anchor, DDTAS),
+# 'gem' (generalised mean, exponent MODEL.GEM_P)
+_C.MODEL.POOLING = "avg"
+# Exponent p of GeM pooling (learnable, initial value)
+_C.MODEL.GEM_P = 3.0
+# Embedding layer after pooling: a linear map to this many dimensions (kaiming init; seed 004's
+# --embedding-size); 0 = none, the pooled feature is the embedding
+_C.MODEL.EMBEDDING_DIM = 0
+# 'yes': the metric losses' feature is L2-normalised (Proxy Anchor / AMLoss models); 'no'
+_C.MODEL.EMBEDDING_NORM = "no"
+# 'yes' (seed 004's --bn-freeze 1): every BatchNorm of the backbone stays in eval mode (running statistics
+# frozen) with its affine parameters frozen; 'no'
+_C.MODEL.BN_FREEZE = "no"
 # 'bnneck': BatchNorm1d after pooling (bias frozen), classification loss sees its output; 'no': no neck
 _C.MODEL.NECK = "bnneck"
 # Metric loss(es) on the pooled feature, several joined by '+' (e.g. 'ms+center'): 'triplet' (batch-hard;
@@ -135,6 +148,19 @@ _C.SOLVER.TRI_LOSS_WEIGHT = 1.0
 _C.SOLVER.GAMMA = 0.1
 # Epochs at which the learning rate is multiplied by GAMMA
 _C.SOLVER.STEPS = (40, 70)
+# Learning-rate schedule: 'warmup_multistep' (WARMUP_* then GAMMA at each of STEPS) or 'step' (StepLR:
+# times LR_DECAY_GAMMA every LR_DECAY_STEP epochs, no warm-up; seed 004's --lr-decay-step/--lr-decay-gamma)
+_C.SOLVER.LR_SCHEDULER = "warmup_multistep"
+# StepLR period in epochs
+_C.SOLVER.LR_DECAY_STEP = 10
+# StepLR factor
+_C.SOLVER.LR_DECAY_GAMMA = 0.5
+# Seed 004's --warm W: during the first W epochs only the embedding layer and the loss parameters train
+# (backbone frozen); 0 = off
+_C.SOLVER.WARM_EPOCHS = 0
+# Clip every gradient of the main optimizer's parameters to [-v, v] before the step (Proxy Anchor: 10);
+# 0 = off
+_C.SOLVER.GRAD_CLIP = 0.0
 # Warm-up: the learning rate starts at BASE_LR * WARMUP_FACTOR ...
 _C.SOLVER.WARMUP_FACTOR = 0.01
 # ... and reaches BASE_LR after WARMUP_ITERS epochs (0 disables warm-up)

@@ -6,11 +6,48 @@ augmentation of an epoch reproducible, in the main process and in workers alike.
 
 from __future__ import annotations
 
+import logging
+
+import torch
 import torchvision.transforms as T
 
 from config.errors import ConfigError, check_choice
 
+logger = logging.getLogger(__name__)
+
 PIPELINES = ("auto", "reid", "retrieval")
+
+# MODEL.NAMEs whose ImageNet weights expect the Caffe input (BGR, 0-255, mean below, std 1). data/ does not
+# import the models; tests/test_bn_inception.py checks this list against the backbones' input_convention.
+CAFFE_INPUT_MODELS = ("bn_inception",)
+# The Caffe BN-Inception's per-channel mean in B, G, R order, on the 0-255 scale (its std is 1).
+CAFFE_BGR_MEAN = (104.0, 117.0, 128.0)
+
+
+class CaffeBGRNormalize(torch.nn.Module):
+    """ToTensor's RGB in [0, 1] -> BGR in 0-255 minus CAFFE_BGR_MEAN: the input the Caffe BN-Inception weights
+    were trained on. The mean maps to 0, so random erasing's fill value 0 is still the mean."""
+
+    def __init__(self, mean: tuple[float, float, float] = CAFFE_BGR_MEAN):
+        super().__init__()
+        self.mean = tuple(float(m) for m in mean)
+
+    def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
+        return tensor.flip(-3).mul(255.0).sub_(mean)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mean={list(self.mean)}, order=BGR, scale=255)"
+
+
+def build_normalize(cfg) -> torch.nn.Module:
+    """The normalisation MODEL.NAME's ImageNet weights expect: INPUT.PIXEL_MEAN / PIXEL_STD on RGB in [0, 1]
+    (ResNets), or the Caffe convention for bn_inception, which then ignores INPUT.PIXEL_MEAN / PIXEL_STD."""
+    if cfg.MODEL.NAME in CAFFE_INPUT_MODELS:
+        logger.info("MODEL.NAME %s: input BGR 0-255 minus mean %s (std 1); INPUT.PIXEL_MEAN and INPUT.PIXEL_STD "
+                    "are ignored", cfg.MODEL.NAME, list(CAFFE_BGR_MEAN))
+        return CaffeBGRNormalize()
+    return T.Normalize(mean=list(cfg.INPUT.PIXEL_MEAN), std=list(cfg.INPUT.PIXEL_STD))
 
 
 def pipeline_for(cfg, protocol: str) -> str:
@@ -20,8 +57,9 @@ def pipeline_for(cfg, protocol: str) -> str:
 
 
 def build_transforms(cfg, is_train: bool, protocol: str = "reid") -> T.Compose:
-    """The train or test pipeline from INPUT.*: PIL image -> normalised float tensor (3, H, W)."""
-    normalize = T.Normalize(mean=list(cfg.INPUT.PIXEL_MEAN), std=list(cfg.INPUT.PIXEL_STD))
+    """The train or test pipeline from INPUT.*: PIL image -> normalised float tensor (3, H, W), normalised as
+    MODEL.NAME's weights expect (see build_normalize)."""
+    normalize = build_normalize(cfg)
     pipeline = pipeline_for(cfg, protocol)
     if pipeline == "retrieval":
         return _retrieval_transforms(cfg, is_train, normalize)
@@ -39,7 +77,7 @@ def build_transforms(cfg, is_train: bool, protocol: str = "reid") -> T.Compose:
     return T.Compose(steps)
 
 
-def _retrieval_transforms(cfg, is_train: bool, normalize: T.Normalize) -> T.Compose:
+def _retrieval_transforms(cfg, is_train: bool, normalize: torch.nn.Module) -> T.Compose:
     """Proxy Anchor / Divide-and-Conquer: random resized crop + flip; test: resize + centre crop."""
     if is_train:
         scale = tuple(cfg.INPUT.CROP_SCALE)

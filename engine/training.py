@@ -55,10 +55,12 @@ def log_config_changes(cfg) -> None:
 
 def model_has_unused_parameters(cfg) -> bool:
     """Whether some trainable model parameters never get a gradient under this config: the BNNeck without a
-    classification loss, or NAMA's head when no uc loss reads its offsets."""
+    classification loss, NAMA's head when no uc loss reads its offsets, anything frozen by warm epochs."""
     from layers import metric_loss_names
     from modeling.arch import parse_arch
 
+    if cfg.SOLVER.WARM_EPOCHS > 0:
+        return True  # the warm epochs freeze all but the embedding layer
     neck_unused = cfg.MODEL.CLS_LOSS_TYPE == "none" and cfg.MODEL.NECK == "bnneck"
     uses_uc = cfg.MODEL.CLS_LOSS_TYPE == "uc-cls" or any(n.startswith("uc-") for n in metric_loss_names(cfg))
     return neck_unused or (parse_arch(cfg.MODEL.ARCH).uncertainty and not uses_uc)
@@ -146,6 +148,8 @@ def train(cfg, resume: str | None = None) -> dict:
         seed_everything(seed)
         data.train_loader.batch_sampler.set_epoch(engine.state.epoch)
         data.train_loader.generator.manual_seed(seed)
+        if cfg.SOLVER.WARM_EPOCHS > 0:
+            model.set_warm(engine.state.epoch <= cfg.SOLVER.WARM_EPOCHS)
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan(output_transform=lambda out: out["loss"]))
     _attach_progress(cfg, trainer, criterion.part_names, solver, output_dir)

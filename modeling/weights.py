@@ -61,12 +61,19 @@ def default_imagenet_path(weights_file: str) -> Path:
 
 
 def load_imagenet_backbone(backbone: nn.Module, path: str) -> None:
-    """torchvision-format ImageNet weights into the backbone; the classifier (fc.*) is dropped."""
+    """ImageNet weights into the backbone, with strict key matching (WeightsMismatchError names the misfits).
+
+    The file's classifier is dropped when the backbone does not hold one: a backbone lists the prefixes to drop
+    in `imagenet_dropped_prefixes`, default ("fc.",), torchvision's ResNet classifier. BN-Inception lists none:
+    it holds `last_linear` (unused by forward) so that its file loads strictly as it is, and a foreign tensor
+    in it is an error rather than silently skipped. BatchNorm `num_batches_tracked` buffers absent from the
+    file (older files predate them) keep the module's value; any other missing tensor is an error.
+    """
     if not path:
         candidate = default_imagenet_path(backbone.weights_file)
         if not candidate.is_file():
             raise UserError(
-                f"MODEL.PRETRAIN_CHOICE 'imagenet' needs MODEL.PRETRAIN_PATH, a local file of torchvision's ImageNet "
+                f"MODEL.PRETRAIN_CHOICE 'imagenet' needs MODEL.PRETRAIN_PATH, a local file of the backbone's ImageNet "
                 f"weights ({backbone.weights_file}); nothing is downloaded. Looked in {candidate}. "
                 "Use MODEL.PRETRAIN_CHOICE none to train from scratch"
             )
@@ -74,7 +81,13 @@ def load_imagenet_backbone(backbone: nn.Module, path: str) -> None:
     state = read_weights_file(path, "MODEL.PRETRAIN_PATH")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    state = {k: v for k, v in _strip_prefix(state, "module.").items() if not k.startswith("fc.")}
+    if not isinstance(state, dict):
+        raise WeightsMismatchError(f"MODEL.PRETRAIN_PATH {path} holds a {type(state).__name__}, not a dict of tensors")
+    dropped = tuple(getattr(backbone, "imagenet_dropped_prefixes", ("fc.",)))
+    state = {k: v for k, v in _strip_prefix(state, "module.").items() if not (dropped and k.startswith(dropped))}
+    for key, value in backbone.state_dict().items():
+        if key.endswith(".num_batches_tracked") and key not in state:
+            state[key] = value
     load_checked(backbone, state, f"MODEL.PRETRAIN_PATH {path}", "the backbone of MODEL.NAME")
     logger.info("Loaded ImageNet weights from %s", path)
 

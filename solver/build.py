@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, StepLR
 
-from config.errors import ConfigError
+from config.errors import ConfigError, check_choice
 from solver.lr_scheduler import WarmupMultiStepLR
 from solver.optimizer import build_optimizer, loss_parameter_role
 
@@ -23,12 +23,13 @@ class Solver:
     """Optimizers and their epoch schedulers by name; 'main' always exists."""
 
     def __init__(self, optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, LRScheduler],
-                 grad_factors: dict[str, float] | None = None):
+                 grad_factors: dict[str, float] | None = None, grad_clip: float = 0.0):
         if "main" not in optimizers:
             raise ValueError("a solver needs a 'main' optimizer")
         self.optimizers = optimizers
         self.schedulers = schedulers
         self.grad_factors = grad_factors or {}
+        self.grad_clip = grad_clip  # value clipping of the main optimizer's gradients (0 = off)
 
     @property
     def main(self) -> torch.optim.Optimizer:
@@ -44,12 +45,15 @@ class Solver:
             if not any(p.grad is not None for g in optimizer.param_groups for p in g["params"]):
                 continue  # nothing reached these parameters this step (GradScaler refuses such a step)
             factor = self.grad_factors.get(name, 1.0)
-            if factor != 1.0:
-                scaler.unscale_(optimizer)
-                for group in optimizer.param_groups:
-                    for param in group["params"]:
-                        if param.grad is not None:
-                            param.grad.mul_(factor)
+            clip = self.grad_clip if name == "main" else 0.0
+            if factor != 1.0 or clip > 0:
+                scaler.unscale_(optimizer)  # true gradients before they are rescaled or clipped
+                grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+                if factor != 1.0:
+                    torch._foreach_mul_(grads, factor)
+                if clip > 0:
+                    for grad in grads:
+                        grad.clamp_(-clip, clip)
             scaler.step(optimizer)
 
     def epoch_completed(self) -> None:
@@ -79,9 +83,15 @@ class Solver:
                 obj.load_state_dict(saved[name])
 
 
-def build_scheduler(cfg, optimizer) -> WarmupMultiStepLR:
-    """The epoch-wise schedule of SOLVER.STEPS / GAMMA / WARMUP_*."""
+def build_scheduler(cfg, optimizer) -> LRScheduler:
+    """The epoch-wise schedule of SOLVER.LR_SCHEDULER: 'warmup_multistep' (STEPS / GAMMA / WARMUP_*) or
+    'step' (StepLR every LR_DECAY_STEP epochs by LR_DECAY_GAMMA)."""
     s = cfg.SOLVER
+    check_choice("SOLVER.LR_SCHEDULER", s.LR_SCHEDULER, ("warmup_multistep", "step"))
+    if s.LR_SCHEDULER == "step":
+        if s.LR_DECAY_STEP <= 0:
+            raise ConfigError(f"SOLVER.LR_DECAY_STEP = {s.LR_DECAY_STEP}; expected a positive number of epochs")
+        return StepLR(optimizer, step_size=s.LR_DECAY_STEP, gamma=s.LR_DECAY_GAMMA)
     return WarmupMultiStepLR(optimizer, s.STEPS, s.GAMMA, s.WARMUP_FACTOR, s.WARMUP_ITERS, s.WARMUP_METHOD)
 
 
@@ -110,4 +120,6 @@ def build_solver(cfg, model: nn.Module, criterion: nn.Module) -> Solver:
             raise ConfigError(f"SOLVER.CENTER_LOSS_WEIGHT = {weight}; expected a positive weight with the center loss")
         optimizers["centers"] = torch.optim.SGD([{"params": centers, "name": "centers"}], lr=cfg.SOLVER.CENTER_LR)
         factors["centers"] = 1.0 / weight
-    return Solver(optimizers, schedulers, factors)
+    if cfg.SOLVER.GRAD_CLIP < 0:
+        raise ConfigError(f"SOLVER.GRAD_CLIP = {cfg.SOLVER.GRAD_CLIP}; expected 0 (off) or a positive clipping value")
+    return Solver(optimizers, schedulers, factors, grad_clip=cfg.SOLVER.GRAD_CLIP)
