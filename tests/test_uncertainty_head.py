@@ -1,6 +1,6 @@
 """NAMA's uncertainty head (modeling/uncertainty.py) against loop-by-definition references.
 
-No library has this head, so every reference here is written from the spec (/work/shared/specs/nama.md,
+No library has this head, so every reference here is written from the spec (the NAMA spec,
 "The uncertainty head"): plain Python loops over the samples and knots for the piecewise-linear `nn_N`,
 explicit powers and numpy.polynomial.legendre for `tlr` / `lgd`, the textbook BatchNorm formulas
 (biased batch variance to normalise, unbiased one in the running estimate, momentum 0.1, eps 1e-5) for the
