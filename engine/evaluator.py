@@ -69,10 +69,14 @@ class EmbeddingMetric(Metric):
 
     required_output_keys = ("feats", "labels", "camids", "index", "norms", "uc")
 
-    def __init__(self, spec: EvalSpec, feat_norm: bool = True, device: torch.device | str = "cpu"):
+    def __init__(self, spec: EvalSpec, feat_norm: bool = True, device: torch.device | str = "cpu",
+                 keep_embeddings: bool = False):
         check_choice("TEST.DIST_METRIC", spec.dist_metric, VALID_METRICS)
         self.spec = spec
         self.feat_norm = feat_norm
+        # test.py's rank pictures and ranked lists read the scored embeddings afterwards; training does not,
+        # and keeping them would hold a dataset's features in memory between evaluations
+        self.keep_embeddings = keep_embeddings
         super().__init__(output_transform=lambda out: out, device=device, skip_unrolling=True)
 
     def reset(self) -> None:
@@ -100,17 +104,21 @@ class EmbeddingMetric(Metric):
         return out
 
     def compute(self) -> dict:
-        self.last = self.gathered()  # kept for test.py's rank pictures
-        last = self.last
+        last = self.gathered()
+        # the per-batch pieces are not needed any more: do not hold them until the next evaluation
+        self._feats, self._labels, self._camids, self._index, self._norms, self._uc = [], [], [], [], [], []
+        if self.keep_embeddings:
+            self.last = last
         return evaluate_embeddings(self.spec, last["feats"], last["labels"], last["camids"], uc=last["uc"])
 
 
 def build_evaluator(cfg, model: nn.Module, precision: Precision, device: torch.device,
-                    spec: EvalSpec) -> tuple[Engine, EmbeddingMetric]:
+                    spec: EvalSpec, keep_embeddings: bool = False) -> tuple[Engine, EmbeddingMetric]:
     """Extractor engine with the EmbeddingMetric of `spec` attached as 'eval' (its keys also land in state.metrics)."""
     check_choice("TEST.FEAT_NORM", cfg.TEST.FEAT_NORM, ("yes", "no"))
     evaluator = build_extractor(model, precision, device, cfg.TEST.NECK_FEAT)
-    metric = EmbeddingMetric(spec, feat_norm=cfg.TEST.FEAT_NORM == "yes", device=device)
+    metric = EmbeddingMetric(spec, feat_norm=cfg.TEST.FEAT_NORM == "yes", device=device,
+                             keep_embeddings=keep_embeddings)
     metric.attach(evaluator, "eval")
     return evaluator, metric
 
@@ -118,13 +126,14 @@ def build_evaluator(cfg, model: nn.Module, precision: Precision, device: torch.d
 class DatasetEvaluation:
     """Evaluation of one dataset of the run: its spec, its loader and the ignite evaluator engine."""
 
-    def __init__(self, cfg, model: nn.Module, precision: Precision, device: torch.device, eval_set):
+    def __init__(self, cfg, model: nn.Module, precision: Precision, device: torch.device, eval_set,
+                 keep_embeddings: bool = False):
         from engine.evaluation import build_eval_spec
 
         self.spec = build_eval_spec(cfg, eval_set.splits)
         self.splits = eval_set.splits
         self.loader = eval_set.loader
-        self.engine, self.metric = build_evaluator(cfg, model, precision, device, self.spec)
+        self.engine, self.metric = build_evaluator(cfg, model, precision, device, self.spec, keep_embeddings)
 
     def run(self) -> dict:
         """Embed and score; returns {'dataset', 'protocol', 'eval_seconds', **metrics}."""

@@ -109,7 +109,8 @@ def run_test(cfg) -> dict:
     check_choice("TEST.RANKED_LIST_FORMAT", cfg.TEST.RANKED_LIST_FORMAT, ("csv", "json"))
     results = []
     for eval_set in data.eval_sets:
-        evaluation = DatasetEvaluation(cfg, model, precision, device, eval_set)
+        evaluation = DatasetEvaluation(cfg, model, precision, device, eval_set,
+                                       keep_embeddings=cfg.TEST.VISRANK > 0 or cfg.TEST.RANKED_LIST > 0)
         result = {"weight": weight, **evaluation.run()}
         logger.info("Test on %s with %s (%.1f s): %s", result["dataset"], weight, result["eval_seconds"],
                     format_metrics(result))

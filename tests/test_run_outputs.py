@@ -99,7 +99,7 @@ def _brute_force_ranking(run_dir: Path, market_root: Path, tmp_path: Path):
     load_weights(cfg, model, cfg.TEST.WEIGHT, "TEST.WEIGHT")
     eval_set = build_data(cfg, with_train=False).eval_sets[0]
     evaluation = DatasetEvaluation(cfg, model, resolve_precision("none", torch.device("cpu")), torch.device("cpu"),
-                                   eval_set)
+                                   eval_set, keep_embeddings=True)
     evaluation.run()
     last = evaluation.metric.last
     nq = len(eval_set.splits.query)

@@ -209,10 +209,10 @@ def test_test_py_with_k_reciprocal_re_ranking(market_root, finished_run, tmp_pat
     load_model_checkpoint(model, cfg.TEST.WEIGHT, "TEST.WEIGHT")
     eval_set = build_data(cfg, with_train=False).eval_sets[0]
     extractor = build_extractor(model, resolve_precision("none", torch.device("cpu")), torch.device("cpu"), "after")
-    metric = EmbeddingMetric(build_eval_spec(cfg, eval_set.splits))
+    metric = EmbeddingMetric(build_eval_spec(cfg, eval_set.splits), keep_embeddings=True)
     metric.attach(extractor, "eval")
     extractor.run(eval_set.loader)
-    gathered = metric.gathered()
+    gathered = metric.last
     feats, labels, camids = gathered["feats"], gathered["labels"], gathered["camids"]
     nq = len(eval_set.splits.query)
     dense = k_reciprocal_dense(feats[:nq], feats[nq:], k1=6, k2=3, lambda_value=0.3)
