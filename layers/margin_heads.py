@@ -27,52 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-_NORM_EPS = 1e-12  # F.normalize's: a zero vector is normalised to zero
-
-
-class _ScaledCosine(torch.autograd.Function):
-    """s * normalize(x) @ normalize(w)^T with a hand-written backward.
-
-    W is never normalised as a C x d tensor: the n x C product x_hat W^T is divided by the class norms r_j,
-    and the backward pass folds the norms' term into one in-place C x d update,
-
-        dL/dw_j = sum_i g_ij (s / r_j) x_hat_i - (sum_i g_ij z_ij) w_j / r_j^2,   z = s cos,
-
-    where autograd through F.normalize (or through the division by r) spends several extra C x d passes
-    (division, product, masking of zero norms, accumulation): with C ~ 11k classes those passes cost about a
-    quarter of the head's time, next to the three matrix products.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, scale: float) -> torch.Tensor:
-        x_norm = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(_NORM_EPS)
-        x_hat = x / x_norm
-        w_norm_raw = torch.linalg.vector_norm(w, dim=1)
-        w_norm = w_norm_raw.clamp_min(_NORM_EPS)
-        col_scale = scale / w_norm
-        z = torch.mm(x_hat, w.t()).mul_(col_scale)
-        ctx.save_for_backward(x_hat, x_norm, w, w_norm, w_norm_raw > _NORM_EPS, col_scale, z)
-        return z
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_z: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
-        x_hat, x_norm, w, w_norm, w_live, col_scale, z = ctx.saved_tensors
-        grad_x = grad_w = None
-        grad_a = grad_z * col_scale  # dL/d(x_hat W^T)
-        if ctx.needs_input_grad[0]:
-            g = torch.mm(grad_a, w)
-            # through x / ||x||: the radial component is removed; a clamped (zero) norm has no such term
-            radial = (g * x_hat).sum(1, keepdim=True)
-            grad_x = (g - x_hat * radial) / x_norm
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.mm(grad_a.t(), x_hat)
-            # the norms' term, zero where the norm was clamped (as the clamp's gradient is)
-            coef = (grad_z * z).sum(0) / w_norm.square() * w_live
-            grad_w.addcmul_(w, coef.unsqueeze(1), value=-1.0)
-        return grad_x, grad_w, None
+from layers.loss_inputs import matmul_normalized_rows
 
 
 class _CosineMarginHead(nn.Module):
@@ -113,7 +69,7 @@ class _CosineMarginHead(nn.Module):
         dtype = torch.float64 if feats.dtype == torch.float64 else torch.float32
         with torch.autocast(device_type=feats.device.type, enabled=False):
             x, w = feats.to(dtype), self.weight.to(dtype)
-            logits = _ScaledCosine.apply(x, w, self.scale)
+            logits = matmul_normalized_rows(F.normalize(x, dim=1) * self.scale, w)
             if labels.numel() == 0:
                 # an empty batch: the mean of nothing would be NaN
                 return feats.sum() * 0.0, logits

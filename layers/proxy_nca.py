@@ -6,8 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layers.loss_inputs import check_positive, check_sizes, loss_dtype
-from layers.proxy_anchor import init_proxies, matmul_normalized_proxies
+from layers.loss_inputs import (
+    check_positive,
+    check_sizes,
+    loss_dtype,
+    matmul_normalized_rows,
+)
+from layers.proxy_anchor import init_proxies
 
 
 class ProxyNCALoss(nn.Module):
@@ -43,7 +48,7 @@ class ProxyNCALoss(nn.Module):
         dtype = loss_dtype(feats)
         # the factor goes on the n x d side, the cheapest place to apply it
         x = F.normalize(feats.to(dtype), dim=1) * (2.0 * self.scale)
-        logits = matmul_normalized_proxies(x, self.proxies.to(dtype))
+        logits = matmul_normalized_rows(x, self.proxies.to(dtype))
         return F.cross_entropy(logits, labels)
 
     def extra_repr(self) -> str:

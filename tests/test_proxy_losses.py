@@ -30,7 +30,8 @@ from pytorch_metric_learning.reducers import MeanReducer
 from torch.func import functional_call
 
 from layers.amloss import AMLoss
-from layers.proxy_anchor import ProxyAnchorLoss, matmul_normalized_proxies
+from layers.loss_inputs import matmul_normalized_rows
+from layers.proxy_anchor import ProxyAnchorLoss
 from layers.proxy_nca import ProxyNCALoss
 
 F64 = dict(atol=1e-10, rtol=1e-9)
@@ -84,11 +85,11 @@ def _compare_with_pml(ours: torch.nn.Module, pml: torch.nn.Module, feats, labels
 # ------------------------------------------------------------------------------------------------
 # Shared pieces
 # ------------------------------------------------------------------------------------------------
-def test_matmul_normalized_proxies_matches_explicit_normalisation():
+def test_matmul_normalized_rows_matches_explicit_normalisation():
     a, p = _features(6, 5, 0), _features(9, 5, 1) * 3.0
-    out = matmul_normalized_proxies(a, p)
+    out = matmul_normalized_rows(a, p)
     torch.testing.assert_close(out, a @ torch.nn.functional.normalize(p, dim=1).t(), **F64)
-    assert torch.autograd.gradcheck(matmul_normalized_proxies,
+    assert torch.autograd.gradcheck(matmul_normalized_rows,
                                     (a.requires_grad_(True), p.requires_grad_(True)))
 
 
