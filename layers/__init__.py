@@ -192,7 +192,14 @@ def build_loss(cfg, num_classes: int, feat_dim: int) -> CompositeLoss:
     check_choice("MODEL.IF_LABELSMOOTH", cfg.MODEL.IF_LABELSMOOTH, ("on", "off"))
     names = metric_loss_names(cfg)
     _check_arch(cfg, names)
-    if cfg.LOSS.MINER and not any(n.startswith(PML_PREFIX) for n in names):
+    uses_pml = any(n.startswith(PML_PREFIX) for n in names)
+    if cfg.LOSS.PML_KWARGS.strip() and not uses_pml:
+        raise ConfigError(f"LOSS.PML_KWARGS = {cfg.LOSS.PML_KWARGS!r} is for 'pml:' metric losses, but "
+                          f"MODEL.METRIC_LOSS_TYPE is {cfg.MODEL.METRIC_LOSS_TYPE!r}: clear it, or use LOSS.<NAME> keys")
+    if cfg.LOSS.MINER_KWARGS.strip() and not cfg.LOSS.MINER:
+        raise ConfigError(f"LOSS.MINER_KWARGS = {cfg.LOSS.MINER_KWARGS!r} but LOSS.MINER is empty; set LOSS.MINER "
+                          "pml:<MinerClass> or clear LOSS.MINER_KWARGS")
+    if cfg.LOSS.MINER and not uses_pml:
         raise ConfigError(f"LOSS.MINER = {cfg.LOSS.MINER!r} feeds 'pml:' metric losses only; MODEL.METRIC_LOSS_TYPE "
                           f"{cfg.MODEL.METRIC_LOSS_TYPE!r} does its own mining (or none): clear LOSS.MINER")
     cls_name = cfg.MODEL.CLS_LOSS_TYPE

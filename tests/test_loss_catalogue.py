@@ -199,6 +199,9 @@ def test_pml_kwargs_from_a_yaml_mapping(tmp_path):
     (["MODEL.METRIC_LOSS_TYPE", "pml:TripletMarginLoss", "LOSS.PML_KWARGS", "{'distance': 'pml:Cosine'}"],
      ["distance", "CosineSimilarity"]),
     (["MODEL.METRIC_LOSS_TYPE", "triplet", "LOSS.MINER", "pml:BatchHardMiner"], ["LOSS.MINER", "pml:"]),
+    (["MODEL.METRIC_LOSS_TYPE", "ms", "LOSS.PML_KWARGS", "{'margin': 0.1}"], ["LOSS.PML_KWARGS", "'ms'"]),
+    (["MODEL.METRIC_LOSS_TYPE", "pml:TripletMarginLoss", "LOSS.MINER_KWARGS", "{'epsilon': 0.1}"],
+     ["LOSS.MINER_KWARGS", "LOSS.MINER is empty"]),
 ])
 def test_pml_mistakes_fail_with_one_clear_message(opts, fragments):
     with pytest.raises(ConfigError) as excinfo:
