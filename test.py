@@ -1,7 +1,7 @@
 """Evaluate a checkpoint: python test.py --config_file configs/X.yml TEST.WEIGHT path/to/best.pt [KEY VALUE ...]"""
 
-from engine.cli import run_entry_point
-from engine.testing import run_test
+from engine.run.cli import run_entry_point
+from engine.checkpoint_testing import run_test
 
 if __name__ == "__main__":
     run_entry_point(lambda cfg, args: run_test(cfg), "Evaluate a trained re-ID / metric-learning model.",

@@ -1,6 +1,6 @@
 """Train an embedding model: python train.py --config_file configs/X.yml [--resume PATH] [KEY VALUE ...]"""
 
-from engine.cli import run_entry_point
+from engine.run.cli import run_entry_point
 from engine.training import train
 
 if __name__ == "__main__":

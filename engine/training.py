@@ -14,26 +14,26 @@ from ignite.metrics import RunningAverage
 from config import UserError, changed_keys
 from config.errors import check_choice
 from data.build import build_data
-from engine.checkpointing import (
+from engine.run.checkpoints import (
     BestScore,
     build_checkpointer,
     load_training_state,
     resolve_resume_path,
     save_best_model,
 )
-from engine.curves import draw_curves
-from engine.device import broadcast_buffers, distribute, resolve_device
-from engine.evaluator import DatasetEvaluation, format_metrics
+from engine.reporting.curves import draw_curves
+from engine.run.device import broadcast_buffers, distribute, resolve_device
+from engine.evaluation.dataset_evaluation import DatasetEvaluation, format_metrics
 from engine.methods import build_standard_trainer
-from engine.precision import resolve_precision
-from engine.run_dir import (
+from engine.run.precision import resolve_precision
+from engine.run.output_dir import (
     append_metrics,
     prepare_output_dir,
     save_config,
     setup_logging,
 )
-from engine.seeding import epoch_seed, seed_everything
-from engine.tensorboard_logging import RunTensorboard
+from engine.run.seeding import epoch_seed, seed_everything
+from engine.reporting.tensorboard_logging import RunTensorboard
 from layers import build_loss
 from modeling import build_model
 from solver import build_solver

@@ -1,4 +1,4 @@
-"""Tests for engine.curves (the curve pictures of a run).
+"""Tests for engine.reporting.curves (the curve pictures of a run).
 
 Runs are generated here as JSON-lines files with synthetic values.  The pictures are checked twice: the PNG
 files that `draw_curves` writes (existence, PNG format, size, atomic replacement) and the Figure objects
@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import curves
-from engine.curves import (
+from engine.reporting import curves
+from engine.reporting.curves import (
     LOSS_PICTURE,
     LR_PICTURE,
     METRICS_FILE,
@@ -300,12 +300,12 @@ def test_malformed_lines_are_skipped_with_a_warning(tmp_path, caplog):
     _write_lines(tmp_path / TRAIN_METRICS_FILE, [_train_record(1), _train_record(2)], extra=bad)
     with open(tmp_path / METRICS_FILE, "wb") as handle:  # invalid UTF-8 too
         handle.write(json.dumps(_reid_record(2)).encode() + b"\n\xff\xfe{garbage\n")
-    with caplog.at_level(logging.WARNING, logger="engine.curves"):
+    with caplog.at_level(logging.WARNING, logger="engine.reporting.curves"):
         history = read_history(tmp_path)
         written = draw_curves(tmp_path)
     assert [r["epoch"] for r in history.train] == [1, 2]
     assert [r["epoch"] for r in history.evaluations["market1501"]] == [2]
-    messages = [r.getMessage() for r in caplog.records if r.name == "engine.curves"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "engine.reporting.curves"]
     assert any(f"skipped {len(bad)} malformed line(s)" in m and TRAIN_METRICS_FILE in m for m in messages)
     assert any("skipped 1 malformed line(s)" in m and METRICS_FILE in m for m in messages)
     assert written == [tmp_path / name for name in PICTURES]
@@ -370,7 +370,7 @@ def test_failures_are_logged_not_raised(tmp_path, caplog, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(curves, "_save_atomic", broken_save)
-    with caplog.at_level(logging.WARNING, logger="engine.curves"):
+    with caplog.at_level(logging.WARNING, logger="engine.reporting.curves"):
         assert draw_curves(tmp_path) == []
     assert sum("disk full" in r.getMessage() for r in caplog.records) == 3
     monkeypatch.undo()
@@ -379,7 +379,7 @@ def test_failures_are_logged_not_raised(tmp_path, caplog, monkeypatch):
         raise RuntimeError("cannot draw")
 
     monkeypatch.setattr(curves, "build_figures", broken_build)
-    with caplog.at_level(logging.WARNING, logger="engine.curves"):
+    with caplog.at_level(logging.WARNING, logger="engine.reporting.curves"):
         assert draw_curves(tmp_path) == []
     assert any("cannot draw" in r.getMessage() for r in caplog.records)
     assert not list(tmp_path.glob("*.png"))
@@ -429,7 +429,7 @@ def test_no_pyplot_and_fast_for_200_epochs(tmp_path):
     _write_lines(run / METRICS_FILE, evals)
     script = (
         "import sys, time\n"
-        "from engine.curves import draw_curves\n"
+        "from engine.reporting.curves import draw_curves\n"
         "draw_curves(sys.argv[1])\n"  # first call: imports, font loading
         "t = time.perf_counter()\n"
         "written = draw_curves(sys.argv[1])\n"

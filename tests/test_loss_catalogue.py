@@ -21,7 +21,7 @@ from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 
 from config import ConfigError, load_config
-from engine.cli import parse_command_line
+from engine.run.cli import parse_command_line
 from engine.training import train
 from layers import CLS_LOSSES, METRIC_LOSSES, build_loss, metric_loss_names
 from layers.pml_catalogue import available_losses, available_miners, parse_kwargs

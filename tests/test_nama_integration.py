@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from config import ConfigError, load_config
-from engine.evaluation import EvalSpec, evaluate_embeddings, uncertainty_distance
-from engine.metrics import reid_metrics
+from engine.evaluation.protocol import EvalSpec, evaluate_embeddings, uncertainty_distance
+from engine.evaluation.reid_metrics import reid_metrics
 from layers import build_loss
 from modeling import build_model, parse_arch
 from solver import parameter_groups
@@ -156,7 +156,7 @@ def test_norm_k_distance_matches_brute_force():
 ])
 def test_norm_k_config_errors(opts, fragment):
     from data.records import DatasetSplits, Record
-    from engine.evaluation import build_eval_spec
+    from engine.evaluation.protocol import build_eval_spec
 
     splits = DatasetSplits(name="x", train=[], query=[Record("q.jpg", 0, 0)], gallery=[Record("g.jpg", 0, 1)])
     with pytest.raises(ConfigError, match=fragment):

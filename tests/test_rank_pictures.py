@@ -1,4 +1,4 @@
-"""Tests for engine.rank_pictures (TEST.VISRANK).
+"""Tests for engine.reporting.rank_pictures (TEST.VISRANK).
 
 `ranked_lists` is checked against a brute-force reference written here: the full distance matrix, one query
 at a time, the junk removed by a plain loop, the valid items sorted by (distance, gallery index) with
@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import rank_pictures
-from engine.rank_pictures import (
+from engine.reporting import rank_pictures
+from engine.reporting.rank_pictures import (
     TILE_BORDER,
     TILE_PAD,
     RankedQuery,
@@ -316,7 +316,7 @@ def test_rank_record_layout_of_the_case(picture_case):
 
 def test_pictures_files_size_colours(picture_case, caplog):
     out_dir, query_paths, gallery_paths, ranked, qlab, glab = picture_case
-    with caplog.at_level(logging.WARNING, logger="engine.rank_pictures"):
+    with caplog.at_level(logging.WARNING, logger="engine.reporting.rank_pictures"):
         written = write_rank_pictures(out_dir / "run", "toyset", query_paths, gallery_paths, ranked, qlab, glab,
                                       query_norms=torch.tensor([1.0, 2.0, 3.0, 4.0]),
                                       gallery_norms=np.linspace(1, 2, 9), size=SIZE)
@@ -390,7 +390,7 @@ def test_pictures_without_norms_and_checks(picture_case):
 
 def test_long_file_names_are_shortened_to_the_tile(tmp_path):
     """A long name is shortened in the middle: its start and its end are kept, the picture width is fixed."""
-    from engine.rank_pictures import _fit, _text_width
+    from engine.reporting.rank_pictures import _fit, _text_width
 
     tw, _ = tile_size(SIZE)
     name = "0000_000_01_0303morning_0015_0_a_very_long_suffix_indeed.jpg"

@@ -1,4 +1,4 @@
-"""Tests for engine.metrics.reid_metrics against an independent brute-force reference."""
+"""Tests for engine.evaluation.reid_metrics.reid_metrics against an independent brute-force reference."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import engine.metrics as metrics_mod
-from engine.metrics import reid_metrics
+import engine.evaluation.reid_metrics as metrics_mod
+from engine.evaluation.reid_metrics import reid_metrics
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,4 +1,4 @@
-"""Tests for engine.reranking (k-reciprocal re-ranking, Zhong et al. CVPR 2017)."""
+"""Tests for engine.evaluation.reranking (k-reciprocal re-ranking, Zhong et al. CVPR 2017)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-import engine.reranking as rr
-from engine.metrics import reid_metrics
-from engine.reranking import (
+import engine.evaluation.reranking as rr
+from engine.evaluation.reid_metrics import reid_metrics
+from engine.evaluation.reranking import (
     KReciprocalReranker,
     k_reciprocal_dense,
     k_reciprocal_distances,

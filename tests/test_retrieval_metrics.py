@@ -1,4 +1,4 @@
-"""Tests for engine.retrieval_metrics against an independent brute-force reference,
+"""Tests for engine.evaluation.retrieval_metrics against an independent brute-force reference,
 hand-computed cases and pytorch-metric-learning's AccuracyCalculator."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import engine.retrieval_metrics as rm
-from engine.retrieval_metrics import nmi, retrieval_metrics
+import engine.evaluation.retrieval_metrics as rm
+from engine.evaluation.retrieval_metrics import nmi, retrieval_metrics
 
 
 @pytest.fixture(autouse=True, scope="module")

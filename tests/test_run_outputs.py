@@ -13,7 +13,7 @@ from market_tree import make_market_tree
 from PIL import Image
 
 from config import load_config
-from engine.testing import run_test
+from engine.checkpoint_testing import run_test
 from engine.training import train
 
 
@@ -90,8 +90,8 @@ def test_outputs_can_be_switched_off(market_root, tmp_path):
 def _brute_force_ranking(run_dir: Path, market_root: Path, tmp_path: Path):
     """Embeddings through the same test path, then a full distance matrix and a sort per query."""
     from data.build import build_data
-    from engine.evaluator import DatasetEvaluation
-    from engine.precision import resolve_precision
+    from engine.evaluation.dataset_evaluation import DatasetEvaluation
+    from engine.run.precision import resolve_precision
     from modeling import build_model, load_weights
 
     cfg = load_config(None, _opts(market_root, tmp_path / "ref", **{"TEST.WEIGHT": str(run_dir / "best.pt")}))

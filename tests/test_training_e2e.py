@@ -11,7 +11,7 @@ from market_tree import make_market_tree
 
 from config import ConfigError, UserError, load_config
 from data.image_dataset import UnreadableImageError
-from engine.testing import run_test
+from engine.checkpoint_testing import run_test
 from engine.training import NonFiniteLossError, train
 from modeling.weights import WeightsMismatchError
 
@@ -188,8 +188,8 @@ def test_cli_train_then_test(market_root, tmp_path):
 
 
 def test_test_py_with_k_reciprocal_re_ranking(market_root, finished_run, tmp_path):
-    from engine.metrics import reid_metrics
-    from engine.reranking import k_reciprocal_dense
+    from engine.evaluation.reid_metrics import reid_metrics
+    from engine.evaluation.reranking import k_reciprocal_dense
 
     opts = tiny_opts(market_root, tmp_path / "rr", **{"TEST.WEIGHT": str(finished_run / "best.pt"),
                                                        "TEST.RE_RANKING": "yes", "TEST.RE_RANKING_K1": "6",
@@ -198,9 +198,9 @@ def test_test_py_with_k_reciprocal_re_ranking(market_root, finished_run, tmp_pat
     assert 0.0 < result["mAP"] <= 1.0
     # the same numbers as the dense algorithm applied to the same embeddings
     from data.build import build_data
-    from engine.evaluation import build_eval_spec
-    from engine.evaluator import EmbeddingMetric, build_extractor
-    from engine.precision import resolve_precision
+    from engine.evaluation.protocol import build_eval_spec
+    from engine.evaluation.dataset_evaluation import EmbeddingMetric, build_extractor
+    from engine.run.precision import resolve_precision
     from modeling import build_model
     from modeling.weights import load_model_checkpoint
 

@@ -75,7 +75,8 @@ def _floor(case: str, device: str, chunk: int, threads: int, out) -> None:
 def _evaluate(case: str, device: str, chunk: int, threads: int, out) -> None:
     import torch
 
-    from engine.metrics import reid_metrics, retrieval_metrics
+    from engine.evaluation.reid_metrics import reid_metrics
+    from engine.evaluation.retrieval_metrics import retrieval_metrics
 
     torch.set_num_threads(threads)
     qf, gf, ql, gl, qc, gc = _make(case, device)

@@ -7,7 +7,7 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
-from engine.precision import Precision
+from engine.run.precision import Precision
 from solver import Solver
 
 

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.rank_pictures import RankedQuery
+from engine.reporting.rank_pictures import RankedQuery
 
 FORMATS = ("csv", "json")
 
@@ -35,7 +35,7 @@ def _atomic_write(path: Path, text: str) -> None:
 def write_ranked_lists(path: Path, fmt: str, ranked: Sequence[RankedQuery], query_paths: Sequence[str],
                        gallery_paths: Sequence[str], query_labels, gallery_labels, query_camids,
                        gallery_camids) -> Path:
-    """Write the ranked lists of `ranked` (from engine.rank_pictures.ranked_lists) to `path` in `fmt`."""
+    """Write the ranked lists of `ranked` (from engine.reporting.rank_pictures.ranked_lists) to `path` in `fmt`."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     qlab, glab = np.asarray(query_labels), np.asarray(gallery_labels)

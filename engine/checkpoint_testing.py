@@ -12,10 +12,10 @@ import torch
 from config import UserError
 from config.errors import check_choice
 from data.build import build_data
-from engine.device import resolve_device
-from engine.evaluator import DatasetEvaluation, format_metrics
-from engine.precision import resolve_precision
-from engine.run_dir import atomic_write_text, save_config, setup_logging
+from engine.run.device import resolve_device
+from engine.evaluation.dataset_evaluation import DatasetEvaluation, format_metrics
+from engine.run.precision import resolve_precision
+from engine.run.output_dir import atomic_write_text, save_config, setup_logging
 from modeling import build_model, load_weights
 
 logger = logging.getLogger("test")
@@ -29,7 +29,7 @@ class RankingInputs:
     def __init__(self, evaluation: DatasetEvaluation):
         import numpy as np
 
-        from engine.evaluation import display_distance
+        from engine.evaluation.protocol import display_distance
 
         spec, last = evaluation.spec, evaluation.metric.last
         self.spec = spec
@@ -47,8 +47,8 @@ class RankingInputs:
         self.query_norms, self.gallery_norms = norms[q_index], norms[g_index]
 
     def ranked(self, top_k: int):
-        """engine.rank_pictures.ranked_lists of every query (the top_k - 1 best valid items + last match)."""
-        from engine.rank_pictures import ranked_lists
+        """engine.reporting.rank_pictures.ranked_lists of every query (the top_k - 1 best valid items + last match)."""
+        from engine.reporting.rank_pictures import ranked_lists
 
         return ranked_lists(lambda start, stop: self._distance(self._query[start:stop], self._gallery),
                             len(self.query_paths), self.query_labels, self.query_camids, self.gallery_labels,
@@ -58,7 +58,7 @@ class RankingInputs:
 
 def write_visrank(cfg, inputs: RankingInputs, output_dir: Path) -> list[Path]:
     """TEST.VISRANK's rank pictures under OUTPUT_DIR/visrank/<dataset>/."""
-    from engine.rank_pictures import write_rank_pictures
+    from engine.reporting.rank_pictures import write_rank_pictures
 
     return write_rank_pictures(output_dir, inputs.spec.name, inputs.query_paths, inputs.gallery_paths,
                                inputs.ranked(cfg.TEST.VISRANK), inputs.query_labels, inputs.gallery_labels,
@@ -67,7 +67,7 @@ def write_visrank(cfg, inputs: RankingInputs, output_dir: Path) -> list[Path]:
 
 def write_ranked_list(cfg, inputs: RankingInputs, output_dir: Path) -> Path:
     """TEST.RANKED_LIST's top-k of every query as OUTPUT_DIR/ranked_list_<dataset>.<csv|json>."""
-    from engine.ranked_list_files import write_ranked_lists
+    from engine.reporting.ranked_lists import write_ranked_lists
 
     fmt = cfg.TEST.RANKED_LIST_FORMAT
     path = output_dir / f"ranked_list_{inputs.spec.name}.{fmt}"

@@ -16,9 +16,9 @@ from ignite.metrics import Metric
 from torch import nn
 
 from config.errors import check_choice
-from engine.evaluation import EvalSpec, evaluate_embeddings
-from engine.metrics import VALID_METRICS
-from engine.precision import Precision
+from engine.evaluation.protocol import EvalSpec, evaluate_embeddings
+from engine.evaluation.reid_metrics import VALID_METRICS
+from engine.run.precision import Precision
 
 
 def build_extractor(model: nn.Module, precision: Precision, device: torch.device, neck_feat: str) -> Engine:
@@ -128,7 +128,7 @@ class DatasetEvaluation:
 
     def __init__(self, cfg, model: nn.Module, precision: Precision, device: torch.device, eval_set,
                  keep_embeddings: bool = False):
-        from engine.evaluation import build_eval_spec
+        from engine.evaluation.protocol import build_eval_spec
 
         self.spec = build_eval_spec(cfg, eval_set.splits)
         self.splits = eval_set.splits

@@ -6,7 +6,7 @@ Two steps, kept apart so that the ranking can be tested without pictures:
   ``O(chunk x G)``) and returns one small :class:`RankedQuery` per query;
 * :func:`write_rank_pictures` draws one JPEG per query with PIL and writes an ``index.csv`` beside them.
 
-Protocol (valid items and order as in :mod:`engine.metrics` and :mod:`engine.retrieval_metrics`)
+Protocol (valid items and order as in :mod:`engine.evaluation.reid_metrics` and :mod:`engine.evaluation.retrieval_metrics`)
 ------------------------------------------------------------------------------------------------
 * **Valid items.**  Re-ID (``reid=True``, Market-1501's protocol): every gallery item except the *junk*,
   i.e. the items with the same label **and** the same camera as the query; camera id ``-1`` means "no camera

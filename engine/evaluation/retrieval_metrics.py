@@ -47,7 +47,7 @@ every retrieval metric, Recall@K included: they are counted in
 pytorch-metric-learning's ``AccuracyCalculator`` does (its "lone query
 labels" are removed from ``precision_at_1`` (= R@1), ``r_precision`` and
 ``mean_average_precision_at_r`` alike), and what the re-ID CMC does (see
-``engine.metrics``).  NMI uses all queries.
+``engine.evaluation.reid_metrics``).  NMI uses all queries.
 
 Algorithm
 ---------
@@ -102,7 +102,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 import torch
 
-from engine.feature_ops import check_feature_pair, row_sq_norms
+from engine.evaluation.feature_ops import check_feature_pair, row_sq_norms
 
 __all__ = ["retrieval_metrics", "nmi", "VALID_METRICS"]
 

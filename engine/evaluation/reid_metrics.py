@@ -61,9 +61,9 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 import torch
 
-from engine.feature_ops import row_sq_norms
+from engine.evaluation.feature_ops import row_sq_norms
 
-__all__ = ["reid_metrics", "retrieval_metrics", "VALID_METRICS"]
+__all__ = ["reid_metrics", "VALID_METRICS"]
 
 #: Built-in distance metrics accepted by :func:`reid_metrics`.
 VALID_METRICS: tuple[str, ...] = ("euclidean", "cosine")
@@ -504,4 +504,3 @@ def reid_metrics(
             "valid": valid_all,
         }
     return result
-from engine.retrieval_metrics import retrieval_metrics  # noqa: E402,F401

@@ -143,11 +143,11 @@ def _take(tensor: torch.Tensor, index: np.ndarray) -> torch.Tensor:
 
 
 def _reid(spec: EvalSpec, feats, labels, camids, q, g, uc=None) -> dict:
-    from engine.metrics import reid_metrics
+    from engine.evaluation.reid_metrics import reid_metrics
 
     args = (_take(feats, q), _take(feats, g), _take(labels, q), _take(labels, g), _take(camids, q), _take(camids, g))
     if spec.re_ranking is not None:
-        from engine.reranking import rerank_and_evaluate
+        from engine.evaluation.reranking import rerank_and_evaluate
 
         k1, k2, lam = spec.re_ranking
         result = rerank_and_evaluate(*args, k1=k1, k2=k2, lambda_value=lam, max_rank=spec.max_rank)
@@ -163,7 +163,7 @@ def _reid(spec: EvalSpec, feats, labels, camids, q, g, uc=None) -> dict:
 
 
 def _retrieval(spec: EvalSpec, feats, labels, q, g) -> dict:
-    from engine.metrics import retrieval_metrics
+    from engine.evaluation.retrieval_metrics import retrieval_metrics
 
     if spec.query_is_gallery:
         result = retrieval_metrics(_take(feats, q), _take(labels, q), ks=spec.recall_ks, metric=spec.dist_metric,

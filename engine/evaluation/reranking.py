@@ -41,7 +41,7 @@ that after), and the final distances are produced per query chunk: the
 Jaccard term from the query rows of ``V`` and an inverted index (column
 ``j`` -> gallery rows with ``V[g, j] != 0``), the original term from a
 ``chunk x G`` matrix product.  :func:`rerank_and_evaluate` plugs it into
-:func:`engine.metrics.reid_metrics` so that the whole evaluation stays
+:func:`engine.evaluation.reid_metrics.reid_metrics` so that the whole evaluation stays
 memory-bounded.
 """
 
@@ -51,9 +51,9 @@ from typing import Any, Callable
 
 import torch
 
-from engine.feature_ops import check_feature_pair, row_sq_norms
+from engine.evaluation.feature_ops import check_feature_pair, row_sq_norms
 
-from .metrics import IdArray, reid_metrics
+from engine.evaluation.reid_metrics import IdArray, reid_metrics
 
 __all__ = [
     "DEFAULT_MAX_DENSE_ITEMS",
@@ -211,8 +211,8 @@ def k_reciprocal_distances(
         raise ValueError(
             f"dense k-reciprocal re-ranking of Q + G = {n} items exceeds max_dense_items="
             f"{int(max_dense_items)} (it would need about {dense_memory_bytes(n) / 2**30:.1f} GiB); "
-            "use the sparse, chunked path instead: engine.reranking.KReciprocalReranker "
-            "(distances per query chunk) or engine.reranking.rerank_and_evaluate"
+            "use the sparse, chunked path instead: engine.evaluation.reranking.KReciprocalReranker "
+            "(distances per query chunk) or engine.evaluation.reranking.rerank_and_evaluate"
         )
     return k_reciprocal_dense(query_feats, gallery_feats, k1, k2, lambda_value)
 
@@ -518,7 +518,7 @@ class KReciprocalReranker:
         return torch.arange(self.num_query, dtype=torch.float32, device=self.device).unsqueeze(1)
 
     def distance_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """A ``distance_fn`` for :func:`engine.metrics.reid_metrics` called with
+        """A ``distance_fn`` for :func:`engine.evaluation.reid_metrics.reid_metrics` called with
         ``query_feats = self.index_features()``: it maps the chunk of index
         "features" back to query indices and ignores the gallery argument."""
         return lambda q_idx, _gallery: self.distances(q_idx[:, 0].long())
@@ -538,7 +538,7 @@ def rerank_and_evaluate(
     chunk_size: int = 256,
     return_per_query: bool = False,
 ) -> dict[str, Any]:
-    """Re-ID metrics (:func:`engine.metrics.reid_metrics`' dict) of the
+    """Re-ID metrics (:func:`engine.evaluation.reid_metrics.reid_metrics`' dict) of the
     k-reciprocal re-ranked distances, memory-bounded: builds a
     :class:`KReciprocalReranker` and evaluates ``chunk_size`` queries at a
     time, so no ``Q x G`` or ``N x N`` matrix is ever formed."""
