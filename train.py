@@ -4,5 +4,6 @@ from engine.run.cli import run_entry_point
 from engine.training import train
 
 if __name__ == "__main__":
-    run_entry_point(lambda cfg, args: train(cfg, resume=args.resume), "Train a re-ID / metric-learning model.",
-                    with_resume=True)
+    run_entry_point(
+        lambda cfg, args: train(cfg, resume=args.resume), "Train a re-ID / metric-learning model.", with_resume=True
+    )

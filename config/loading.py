@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ast
 import difflib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from yacs.config import CfgNode
@@ -55,7 +56,11 @@ def _coerce_scalar(key: str, value: Any, default: Any, source: str) -> Any:
 
     if isinstance(default, bool):
         if isinstance(value, str):
-            value = _parse_literal(value) if value.strip().lower() not in _BOOL_WORDS else _BOOL_WORDS[value.strip().lower()]
+            value = (
+                _parse_literal(value)
+                if value.strip().lower() not in _BOOL_WORDS
+                else _BOOL_WORDS[value.strip().lower()]
+            )
         if isinstance(value, bool):
             return value
         raise fail("True or False")
@@ -121,7 +126,9 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]  # "(120)" or "40" for a sequence key: one element
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} = {value!r} (from {source}) has the wrong type; expected a list like {list(default)}")
+            raise ConfigError(
+                f"{key} = {value!r} (from {source}) has the wrong type; expected a list like {list(default)}"
+            )
         template = default[0] if default else _EMPTY_LIST_ELEMENT.get(key)
         if template is not None:
             value = [_coerce_scalar(f"{key}[{i}]", v, template, source) for i, v in enumerate(value)]
@@ -147,7 +154,9 @@ def merge_yaml_file(cfg: CfgNode, path: str | Path) -> None:
     """Merge a YAML experiment file into `cfg` (keys must exist in the defaults)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; expected a YAML file such as configs/softmax_triplet.yml")
+        raise ConfigError(
+            f"config file {path} does not exist; expected a YAML file such as configs/softmax_triplet.yml"
+        )
     try:
         content = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

@@ -101,7 +101,9 @@ def build_data(cfg, with_train: bool = True) -> DataBundle:
     if unknown:
         raise ConfigError(f"TEST.DATASETS names {unknown} that are not in DATASETS.NAMES {names}")
     train_records = merge_train_splits(all_splits)
-    eval_sets = [EvalSet(s, build_eval_loader(cfg, s.eval_records(), s.protocol)) for s in all_splits if s.name in evaluated]
+    eval_sets = [
+        EvalSet(s, build_eval_loader(cfg, s.eval_records(), s.protocol)) for s in all_splits if s.name in evaluated
+    ]
     return DataBundle(
         train_records=train_records,
         # the first dataset's protocol picks the training augmentation (INPUT.TRANSFORM 'auto')

@@ -62,9 +62,10 @@ import multiprocessing as mp
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
@@ -106,7 +107,7 @@ DEFAULT_DEMO_PARAMS: Mapping[str, int] = MappingProxyType(
 )
 
 PathLike = Union[str, "os.PathLike[str]"]
-Color = Tuple[int, int, int]
+Color = tuple[int, int, int]
 
 _SS = 2  # supersampling factor for drawing (antialiasing)
 _JPEG_KW = dict(quality=90, subsampling=2, optimize=False, progressive=False)  # fixed encoder settings
@@ -126,7 +127,7 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), *key])))
 
 
-def _choice(rng: np.random.Generator, items: Sequence[Any], p: Optional[Sequence[float]] = None) -> Any:
+def _choice(rng: np.random.Generator, items: Sequence[Any], p: Sequence[float] | None = None) -> Any:
     """One item of ``items`` (weights ``p``, need not sum to 1); cheap for short lists."""
     if p is None:
         return items[int(rng.integers(0, len(items)))]
@@ -159,33 +160,72 @@ def _mix(a: Color, b: Color, t: float) -> Color:
 # --------------------------------------------------------------------------- #
 # palettes
 # --------------------------------------------------------------------------- #
-_TOP_COLORS: Dict[str, Color] = {
-    "black": (28, 28, 32), "white": (232, 232, 226), "grey": (128, 128, 132), "charcoal": (68, 68, 74),
-    "navy": (32, 42, 95), "blue": (40, 90, 195), "lightblue": (135, 175, 225), "red": (195, 32, 38),
-    "maroon": (112, 28, 40), "pink": (232, 140, 172), "orange": (238, 128, 38), "yellow": (236, 208, 58),
-    "green": (40, 132, 62), "olive": (112, 112, 52), "beige": (198, 178, 132), "brown": (112, 72, 42),
-    "purple": (112, 60, 152), "teal": (30, 140, 142),
+_TOP_COLORS: dict[str, Color] = {
+    "black": (28, 28, 32),
+    "white": (232, 232, 226),
+    "grey": (128, 128, 132),
+    "charcoal": (68, 68, 74),
+    "navy": (32, 42, 95),
+    "blue": (40, 90, 195),
+    "lightblue": (135, 175, 225),
+    "red": (195, 32, 38),
+    "maroon": (112, 28, 40),
+    "pink": (232, 140, 172),
+    "orange": (238, 128, 38),
+    "yellow": (236, 208, 58),
+    "green": (40, 132, 62),
+    "olive": (112, 112, 52),
+    "beige": (198, 178, 132),
+    "brown": (112, 72, 42),
+    "purple": (112, 60, 152),
+    "teal": (30, 140, 142),
 }
 _TOP_P = [10, 8, 6, 5, 6, 6, 4, 6, 3, 3, 3, 3, 4, 2, 3, 3, 3, 2]
-_BOTTOM_COLORS: Dict[str, Color] = {
-    "black": (30, 30, 34), "denim": (58, 80, 125), "navy": (35, 42, 80), "grey": (112, 112, 116),
-    "charcoal": (62, 62, 68), "khaki": (180, 160, 115), "brown": (98, 66, 40), "white": (225, 225, 218),
-    "lightdenim": (110, 140, 185), "olive": (95, 98, 55), "red": (170, 35, 40), "beige": (205, 190, 150),
+_BOTTOM_COLORS: dict[str, Color] = {
+    "black": (30, 30, 34),
+    "denim": (58, 80, 125),
+    "navy": (35, 42, 80),
+    "grey": (112, 112, 116),
+    "charcoal": (62, 62, 68),
+    "khaki": (180, 160, 115),
+    "brown": (98, 66, 40),
+    "white": (225, 225, 218),
+    "lightdenim": (110, 140, 185),
+    "olive": (95, 98, 55),
+    "red": (170, 35, 40),
+    "beige": (205, 190, 150),
 }
 _BOTTOM_P = [14, 12, 6, 6, 5, 5, 3, 2, 4, 2, 1, 2]
-_SHOE_COLORS: List[Color] = [(25, 25, 28), (235, 235, 235), (95, 60, 35), (120, 120, 125), (180, 40, 40), (40, 70, 160)]
+_SHOE_COLORS: list[Color] = [(25, 25, 28), (235, 235, 235), (95, 60, 35), (120, 120, 125), (180, 40, 40), (40, 70, 160)]
 _SHOE_P = [10, 7, 4, 3, 1, 1]
-_SKIN_TONES: List[Color] = [(250, 218, 190), (236, 192, 160), (214, 170, 130), (182, 132, 96), (142, 98, 66), (96, 64, 44)]
-_HAIR_COLORS: List[Color] = [(20, 18, 18), (52, 36, 26), (96, 64, 38), (205, 172, 105), (150, 150, 150), (130, 62, 30)]
+_SKIN_TONES: list[Color] = [
+    (250, 218, 190),
+    (236, 192, 160),
+    (214, 170, 130),
+    (182, 132, 96),
+    (142, 98, 66),
+    (96, 64, 44),
+]
+_HAIR_COLORS: list[Color] = [(20, 18, 18), (52, 36, 26), (96, 64, 38), (205, 172, 105), (150, 150, 150), (130, 62, 30)]
 _HAIR_P = [10, 8, 4, 3, 1, 1]
-_ACC_COLORS: List[Color] = [(25, 25, 30), (60, 60, 66), (35, 50, 110), (150, 30, 35), (110, 75, 40),
-                            (200, 190, 170), (40, 110, 60), (220, 120, 40), (220, 210, 60), (120, 70, 150)]
+_ACC_COLORS: list[Color] = [
+    (25, 25, 30),
+    (60, 60, 66),
+    (35, 50, 110),
+    (150, 30, 35),
+    (110, 75, 40),
+    (200, 190, 170),
+    (40, 110, 60),
+    (220, 120, 40),
+    (220, 210, 60),
+    (120, 70, 150),
+]
 
 
 # --------------------------------------------------------------------------- #
 # identities
 # --------------------------------------------------------------------------- #
-def _make_identity(rng: np.random.Generator) -> Dict[str, Any]:
+def _make_identity(rng: np.random.Generator) -> dict[str, Any]:
     """All fixed appearance attributes of one person."""
     top_name = _choice(rng, list(_TOP_COLORS), _TOP_P)
     top = _jitter_color(rng, _TOP_COLORS[top_name])
@@ -230,7 +270,7 @@ def _make_identity(rng: np.random.Generator) -> Dict[str, Any]:
 # --------------------------------------------------------------------------- #
 # cameras
 # --------------------------------------------------------------------------- #
-def _make_camera(rng: np.random.Generator, cam_index: int) -> Dict[str, Any]:
+def _make_camera(rng: np.random.Generator, cam_index: int) -> dict[str, Any]:
     """Fixed view properties of camera ``cam_index`` (0-based)."""
     # colour cast: a hue direction and a strength, applied as per-channel gains
     cast_h = rng.uniform(0, 1)
@@ -265,12 +305,14 @@ def _make_camera(rng: np.random.Generator, cam_index: int) -> Dict[str, Any]:
     }
 
 
-def _rand_color(rng: np.random.Generator, smin: float = 0.0, smax: float = 0.9, vmin: float = 0.15, vmax: float = 0.95) -> Color:
+def _rand_color(
+    rng: np.random.Generator, smin: float = 0.0, smax: float = 0.9, vmin: float = 0.15, vmax: float = 0.95
+) -> Color:
     r, g, b = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(smin, smax), rng.uniform(vmin, vmax))
     return (int(r * 255), int(g * 255), int(b * 255))
 
 
-def _make_panorama(rng: np.random.Generator, cam: Dict[str, Any], pw: int, ph: int) -> Image.Image:
+def _make_panorama(rng: np.random.Generator, cam: dict[str, Any], pw: int, ph: int) -> Image.Image:
     """A wide background strip for one camera; images crop from it."""
     img = Image.new("RGB", (pw, ph), cam["wall"])
     d = ImageDraw.Draw(img)
@@ -340,10 +382,10 @@ def _make_panorama(rng: np.random.Generator, cam: Dict[str, Any], pw: int, ph: i
 # --------------------------------------------------------------------------- #
 # drawing people
 # --------------------------------------------------------------------------- #
-_ARCS: Dict[Tuple[float, float, int], List[Tuple[float, float]]] = {}
+_ARCS: dict[tuple[float, float, int], list[tuple[float, float]]] = {}
 
 
-def _arc(a0: float, a1: float, n: int) -> List[Tuple[float, float]]:
+def _arc(a0: float, a1: float, n: int) -> list[tuple[float, float]]:
     """Unit-circle points from angle a0 to a1 (cached)."""
     key = (a0, a1, n)
     pts = _ARCS.get(key)
@@ -365,21 +407,31 @@ class _Body:
     def __init__(self, draw: ImageDraw.ImageDraw, cx: float, fy: float, u: float, lean: float, mirror: int):
         self.d, self.cx, self.fy, self.u, self.lean, self.m = draw, cx, fy, u, lean, mirror
 
-    def pt(self, x: float, h: float) -> Tuple[float, float]:
+    def pt(self, x: float, h: float) -> tuple[float, float]:
         return (self.cx + (x * self.m + self.lean * h) * self.u, self.fy - h * self.u)
 
-    def poly(self, pts: Sequence[Tuple[float, float]], fill: Color) -> None:
+    def poly(self, pts: Sequence[tuple[float, float]], fill: Color) -> None:
         cx, fy, u, m, lean = self.cx, self.fy, self.u, self.m, self.lean
         self.d.polygon([(cx + (x * m + lean * h) * u, fy - h * u) for x, h in pts], fill=fill)
 
-    def ellipse(self, x: float, h: float, rx: float, rh: float, fill: Color, a0: float = 0.0, a1: float = 2 * math.pi, n: int = 16) -> None:
+    def ellipse(
+        self,
+        x: float,
+        h: float,
+        rx: float,
+        rh: float,
+        fill: Color,
+        a0: float = 0.0,
+        a1: float = 2 * math.pi,
+        n: int = 16,
+    ) -> None:
         self.poly([(x + rx * c, h + rh * s) for c, s in _arc(a0, a1, n)], fill)
 
-    def quad(self, q: Sequence[Tuple[float, float]], s0: float, s1: float, t0: float, t1: float, fill: Color) -> None:
+    def quad(self, q: Sequence[tuple[float, float]], s0: float, s1: float, t0: float, t1: float, fill: Color) -> None:
         """Sub-rectangle [s0,s1]x[t0,t1] (s: left->right, t: top->bottom) of quad TL,TR,BR,BL."""
         (ax, ah), (bx, bh), (cx_, ch), (dx, dh) = q
 
-        def P(s: float, t: float) -> Tuple[float, float]:
+        def P(s: float, t: float) -> tuple[float, float]:
             tx, th = ax + (bx - ax) * s, ah + (bh - ah) * s
             bx2, bh2 = dx + (cx_ - dx) * s, dh + (ch - dh) * s
             return (tx + (bx2 - tx) * t, th + (bh2 - th) * t)
@@ -390,18 +442,36 @@ class _Body:
         dx, dh = x1 - x0, h1 - h0
         L = math.hypot(dx, dh) or 1e-6
         nx, nh = -dh / L, dx / L
-        self.poly([(x0 + nx * w0 / 2, h0 + nh * w0 / 2), (x1 + nx * w1 / 2, h1 + nh * w1 / 2),
-                   (x1 - nx * w1 / 2, h1 - nh * w1 / 2), (x0 - nx * w0 / 2, h0 - nh * w0 / 2)], fill)
+        self.poly(
+            [
+                (x0 + nx * w0 / 2, h0 + nh * w0 / 2),
+                (x1 + nx * w1 / 2, h1 + nh * w1 / 2),
+                (x1 - nx * w1 / 2, h1 - nh * w1 / 2),
+                (x0 - nx * w0 / 2, h0 - nh * w0 / 2),
+            ],
+            fill,
+        )
 
 
-def _draw_person(draw: ImageDraw.ImageDraw, ident: Dict[str, Any], cx: float, fy: float, u: float,
-                 facing: str, lean: float, stride: float, swing: float, arm_out: float, mirror: int = 1) -> None:
+def _draw_person(
+    draw: ImageDraw.ImageDraw,
+    ident: dict[str, Any],
+    cx: float,
+    fy: float,
+    u: float,
+    facing: str,
+    lean: float,
+    stride: float,
+    swing: float,
+    arm_out: float,
+    mirror: int = 1,
+) -> None:
     """Draw one pedestrian standing with feet at (cx, fy) and height u pixels.
 
     ``facing`` is "front", "back" or "side"; for side views ``mirror`` gives
     the walking direction.
     """
-    I = ident
+    I = ident  # noqa: E741 (the identity's appearance, used on most lines below)
     if facing == "back":
         mirror = -1
     B = _Body(draw, cx, fy, u, lean, mirror)
@@ -420,12 +490,21 @@ def _draw_person(draw: ImageDraw.ImageDraw, ident: Dict[str, Any], cx: float, fy
 
     # ---- things behind the body
     if acc == "backpack" and side:
-        B.poly([(-sw / 2 - 0.09 * b, h_sh - 0.03), (-sw / 2 + 0.02, h_sh - 0.02),
-                (-sw / 2 + 0.02, h_hip + 0.1), (-sw / 2 - 0.1 * b, h_hip + 0.12)], accc)
+        B.poly(
+            [
+                (-sw / 2 - 0.09 * b, h_sh - 0.03),
+                (-sw / 2 + 0.02, h_sh - 0.02),
+                (-sw / 2 + 0.02, h_hip + 0.1),
+                (-sw / 2 - 0.1 * b, h_hip + 0.12),
+            ],
+            accc,
+        )
     if I["hair_len"] == "long" and facing != "back":
         hx = 0.02 if side else 0.0
         hw = head_r * (1.1 if side else 1.25)
-        B.poly([(-hw - hx, h_head), (hw - hx, h_head), (hw - hx * 3, h_sh - 0.1), (-hw - hx * 3, h_sh - 0.1)], I["hair"])
+        B.poly(
+            [(-hw - hx, h_head), (hw - hx, h_head), (hw - hx * 3, h_sh - 0.1), (-hw - hx * 3, h_sh - 0.1)], I["hair"]
+        )
 
     # ---- legs
     legwear = I["legwear"]
@@ -451,11 +530,24 @@ def _draw_person(draw: ImageDraw.ImageDraw, ident: Dict[str, Any], cx: float, fy
         B.ellipse(fx + dx, 0.018, 0.05 * b + (0.015 if side else 0), 0.022, I["shoes"])
     if I["lower_kind"] == "skirt":
         flare = 0.06 if not side else 0.04
-        B.poly([(-ww / 2, h_hip + 0.04), (ww / 2, h_hip + 0.04), (ww / 2 + flare, h_knee + 0.02), (-ww / 2 - flare, h_knee + 0.02)], bottom)
+        B.poly(
+            [
+                (-ww / 2, h_hip + 0.04),
+                (ww / 2, h_hip + 0.04),
+                (ww / 2 + flare, h_knee + 0.02),
+                (-ww / 2 - flare, h_knee + 0.02),
+            ],
+            bottom,
+        )
 
     # ---- torso (upper clothing)
     h_bot = h_hip - (0.08 if I["long_top"] else 0.0)
-    torso = [(-sw / 2, h_sh), (sw / 2, h_sh), (ww / 2 + (0.015 if I["long_top"] else 0), h_bot), (-ww / 2 - (0.015 if I["long_top"] else 0), h_bot)]
+    torso = [
+        (-sw / 2, h_sh),
+        (sw / 2, h_sh),
+        (ww / 2 + (0.015 if I["long_top"] else 0), h_bot),
+        (-ww / 2 - (0.015 if I["long_top"] else 0), h_bot),
+    ]
     if not side:
         # rounded shoulders
         B.ellipse(-sw / 2 + 0.03, h_sh - 0.03, 0.035 * b, 0.035, top)
@@ -494,9 +586,28 @@ def _draw_person(draw: ImageDraw.ImageDraw, ident: Dict[str, Any], cx: float, fy
     # ---- accessories on the body
     if acc == "backpack":
         if facing == "back":
-            B.poly([(-sw * 0.42, h_sh - 0.02), (sw * 0.42, h_sh - 0.02), (sw * 0.45, h_hip + 0.06), (-sw * 0.45, h_hip + 0.06)], accc)
-            B.quad([(-sw * 0.42, h_sh - 0.02), (sw * 0.42, h_sh - 0.02), (sw * 0.45, h_hip + 0.06), (-sw * 0.45, h_hip + 0.06)],
-                   0.1, 0.9, 0.05, 0.3, _shade(accc, 0.7))
+            B.poly(
+                [
+                    (-sw * 0.42, h_sh - 0.02),
+                    (sw * 0.42, h_sh - 0.02),
+                    (sw * 0.45, h_hip + 0.06),
+                    (-sw * 0.45, h_hip + 0.06),
+                ],
+                accc,
+            )
+            B.quad(
+                [
+                    (-sw * 0.42, h_sh - 0.02),
+                    (sw * 0.42, h_sh - 0.02),
+                    (sw * 0.45, h_hip + 0.06),
+                    (-sw * 0.45, h_hip + 0.06),
+                ],
+                0.1,
+                0.9,
+                0.05,
+                0.3,
+                _shade(accc, 0.7),
+            )
         elif facing == "front":
             for s in (-1, 1):
                 B.limb(s * sw * 0.3, h_sh, s * sw * 0.33, h_sh - 0.2, 0.025, 0.025, accc)
@@ -528,7 +639,15 @@ def _draw_person(draw: ImageDraw.ImageDraw, ident: Dict[str, Any], cx: float, fy
             bx = 0.0
         else:
             bx = bag_side_p * (ww / 2 + 0.045)
-        B.poly([(bx - 0.055, h_hip + 0.1), (bx + 0.055, h_hip + 0.1), (bx + 0.06, h_hip - 0.02), (bx - 0.06, h_hip - 0.02)], accc)
+        B.poly(
+            [
+                (bx - 0.055, h_hip + 0.1),
+                (bx + 0.055, h_hip + 0.1),
+                (bx + 0.06, h_hip - 0.02),
+                (bx - 0.06, h_hip - 0.02),
+            ],
+            accc,
+        )
         if side:
             B.limb(-0.01, h_sh, bx, h_hip + 0.1, 0.02, 0.02, _shade(accc, 0.8))
 
@@ -554,7 +673,15 @@ def _draw_person(draw: ImageDraw.ImageDraw, ident: Dict[str, Any], cx: float, fy
             if I["hair_len"] != "short":
                 bot = h_sh - (0.1 if I["hair_len"] == "long" else 0.0)
                 for s in (-1, 1):
-                    B.poly([(s * hr_x * 1.05, h_head + 0.02), (s * hr_x * 0.7, h_head + 0.02), (s * hr_x * 0.75, bot), (s * hr_x * 1.1, bot)], hair)
+                    B.poly(
+                        [
+                            (s * hr_x * 1.05, h_head + 0.02),
+                            (s * hr_x * 0.7, h_head + 0.02),
+                            (s * hr_x * 0.75, bot),
+                            (s * hr_x * 1.1, bot),
+                        ],
+                        hair,
+                    )
             # eyes (front only) - a tiny hint of a face
             for s in (-1, 1):
                 B.ellipse(s * hr_x * 0.4, h_head - head_r * 0.05, 0.008, 0.007, (40, 30, 30), n=6)
@@ -562,11 +689,18 @@ def _draw_person(draw: ImageDraw.ImageDraw, ident: Dict[str, Any], cx: float, fy
         hc = I["hat_color"]
         B.ellipse(0, h_head + head_r * 0.35, hr_x * 1.1, head_r * 0.72, hc, a0=0.0, a1=math.pi)
         brim = (0.02, hr_x * 1.6) if side else (-hr_x * 1.25, hr_x * 1.25)
-        B.poly([(brim[0], h_head + head_r * 0.38), (brim[1], h_head + head_r * 0.38),
-                (brim[1], h_head + head_r * 0.22), (brim[0], h_head + head_r * 0.22)], _shade(hc, 0.8))
+        B.poly(
+            [
+                (brim[0], h_head + head_r * 0.38),
+                (brim[1], h_head + head_r * 0.38),
+                (brim[1], h_head + head_r * 0.22),
+                (brim[0], h_head + head_r * 0.22),
+            ],
+            _shade(hc, 0.8),
+        )
 
 
-def _sample_pose(rng: np.random.Generator, cam: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+def _sample_pose(rng: np.random.Generator, cam: dict[str, Any] | None) -> dict[str, Any]:
     p = cam["facing_p"] if cam is not None else [0.4, 0.35, 0.25]
     facing = _choice(rng, ["front", "back", "side"], p)
     return {
@@ -582,8 +716,15 @@ def _sample_pose(rng: np.random.Generator, cam: Optional[Dict[str, Any]]) -> Dic
 # --------------------------------------------------------------------------- #
 # clutter and occluders
 # --------------------------------------------------------------------------- #
-def _draw_clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, cam: Dict[str, Any], cw: int, ch: int,
-                  box: Tuple[float, float, float, float], extras: Sequence[Dict[str, Any]]) -> None:
+def _draw_clutter(
+    rng: np.random.Generator,
+    draw: ImageDraw.ImageDraw,
+    cam: dict[str, Any],
+    cw: int,
+    ch: int,
+    box: tuple[float, float, float, float],
+    extras: Sequence[dict[str, Any]],
+) -> None:
     """Background objects behind the main person (``extras``: passers-by to pick from)."""
     bx0, by0, bw, bh = box
     hy = ch * cam["horizon"]
@@ -601,7 +742,19 @@ def _draw_clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, cam: Dict
             pose = _sample_pose(rng, None)
             u = rng.uniform(0.3, 0.6) * bh
             fy = hy + rng.uniform(0.0, 0.25) * (ch - hy)
-            _draw_person(draw, other, rng.uniform(0, cw), fy, u, pose["facing"], pose["lean"], pose["stride"], pose["swing"], pose["arm_out"], pose["mirror"])
+            _draw_person(
+                draw,
+                other,
+                rng.uniform(0, cw),
+                fy,
+                u,
+                pose["facing"],
+                pose["lean"],
+                pose["stride"],
+                pose["swing"],
+                pose["arm_out"],
+                pose["mirror"],
+            )
         elif kind == "bench":
             w = rng.uniform(0.4, 0.9) * bw
             x, y = rng.uniform(-w / 2, cw - w / 2), hy + rng.uniform(0.0, 0.15) * bh
@@ -616,8 +769,15 @@ def _draw_clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, cam: Dict
             draw.rectangle([x, y - h, x + w, y], fill=_rand_color(rng, 0.0, 0.6, 0.2, 0.8))
 
 
-def _draw_occluder(rng: np.random.Generator, draw: ImageDraw.ImageDraw, cx: float, fy: float, u: float,
-                   box: Tuple[float, float, float, float], extras: Sequence[Dict[str, Any]]) -> None:
+def _draw_occluder(
+    rng: np.random.Generator,
+    draw: ImageDraw.ImageDraw,
+    cx: float,
+    fy: float,
+    u: float,
+    box: tuple[float, float, float, float],
+    extras: Sequence[dict[str, Any]],
+) -> None:
     bx0, by0, bw, bh = box
     kind = _choice(rng, ["car", "pole", "person", "bush"], [3, 3, 3, 2])
     side = 1 if rng.random() < 0.5 else -1
@@ -643,7 +803,19 @@ def _draw_occluder(rng: np.random.Generator, draw: ImageDraw.ImageDraw, cx: floa
         pose = _sample_pose(rng, None)
         ou = u * rng.uniform(0.95, 1.15)
         ox = cx + side * bw * rng.uniform(0.35, 0.6)
-        _draw_person(draw, other, ox, fy + u * rng.uniform(0.0, 0.1), ou, pose["facing"], pose["lean"], pose["stride"], pose["swing"], pose["arm_out"], pose["mirror"])
+        _draw_person(
+            draw,
+            other,
+            ox,
+            fy + u * rng.uniform(0.0, 0.1),
+            ou,
+            pose["facing"],
+            pose["lean"],
+            pose["stride"],
+            pose["swing"],
+            pose["arm_out"],
+            pose["mirror"],
+        )
     else:  # bush / planter
         g = (int(rng.integers(20, 80)), int(rng.integers(80, 150)), int(rng.integers(20, 70)))
         h = u * rng.uniform(0.2, 0.4)
@@ -676,16 +848,20 @@ class _Scene:
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
         self._yy, self._xx = (yy / max(h - 1, 1) - 0.5), (xx / max(w - 1, 1) - 0.5)
         # a fixed sensor-noise field per camera; images take random crops of it
-        self._noise = [np.rint(_rng(seed, _T_CAM, c, 2).standard_normal((2 * h, 2 * w, 3)) * cam["noise"]).astype(np.int16)
-                       for c, cam in enumerate(self.cams)]
-        self._grad_cache: Dict[Tuple[int, int], Tuple[Image.Image, float]] = {}
+        self._noise = [
+            np.rint(_rng(seed, _T_CAM, c, 2).standard_normal((2 * h, 2 * w, 3)) * cam["noise"]).astype(np.int16)
+            for c, cam in enumerate(self.cams)
+        ]
+        self._grad_cache: dict[tuple[int, int], tuple[Image.Image, float]] = {}
 
     def _background(self, rng: np.random.Generator, cam_i: int) -> Image.Image:
         pano = self.panos[cam_i][int(rng.random() < 0.5)]  # as is, or mirrored
         x0 = int(rng.integers(0, pano.width - self.cw + 1))
         return pano.crop((x0, 0, x0 + self.cw, self.ch))
 
-    def render(self, rng: np.random.Generator, cam_i: int, ident: Optional[Dict[str, Any]], mode: str = "person") -> Image.Image:
+    def render(
+        self, rng: np.random.Generator, cam_i: int, ident: dict[str, Any] | None, mode: str = "person"
+    ) -> Image.Image:
         """Render one detector crop.  ``mode``: person / distractor / junk."""
         cam = self.cams[cam_i]
         canvas = self._background(rng, cam_i)
@@ -706,7 +882,19 @@ class _Scene:
         if mode == "person":
             assert ident is not None
             pose = _sample_pose(rng, cam)
-            _draw_person(draw, ident, cx, fy, u, pose["facing"], pose["lean"], pose["stride"], pose["swing"], pose["arm_out"], pose["mirror"])
+            _draw_person(
+                draw,
+                ident,
+                cx,
+                fy,
+                u,
+                pose["facing"],
+                pose["lean"],
+                pose["stride"],
+                pose["swing"],
+                pose["arm_out"],
+                pose["mirror"],
+            )
             if rng.random() < 0.3:
                 _draw_occluder(rng, draw, cx, fy, u, box, self.extras)
         elif mode == "distractor":
@@ -715,7 +903,19 @@ class _Scene:
                 pose = _sample_pose(rng, cam)
                 ox = cx + self.bw * rng.choice([-1, 1]) * rng.uniform(0.3, 0.55)
                 oy = fy + self.bh * rng.uniform(-0.1, 0.35)
-                _draw_person(draw, ident, ox, oy, u * rng.uniform(0.8, 1.4), pose["facing"], pose["lean"], pose["stride"], pose["swing"], pose["arm_out"], pose["mirror"])
+                _draw_person(
+                    draw,
+                    ident,
+                    ox,
+                    oy,
+                    u * rng.uniform(0.8, 1.4),
+                    pose["facing"],
+                    pose["lean"],
+                    pose["stride"],
+                    pose["swing"],
+                    pose["arm_out"],
+                    pose["mirror"],
+                )
             else:
                 _draw_occluder(rng, draw, cx, fy, u, box, self.extras)
         else:  # junk: a fragment (head/legs only) or a person at a wildly wrong scale
@@ -727,7 +927,19 @@ class _Scene:
                 else:
                     uu = u * rng.uniform(0.25, 0.45)
                     oy = fy - self.bh * rng.uniform(0.0, 0.3)
-                _draw_person(draw, ident, cx, oy, uu, pose["facing"], pose["lean"], pose["stride"], pose["swing"], pose["arm_out"], pose["mirror"])
+                _draw_person(
+                    draw,
+                    ident,
+                    cx,
+                    oy,
+                    uu,
+                    pose["facing"],
+                    pose["lean"],
+                    pose["stride"],
+                    pose["swing"],
+                    pose["arm_out"],
+                    pose["mirror"],
+                )
         img = canvas.crop((bx, by, bx + self.bw, by + self.bh)).reduce(_SS)
 
         # ---- sensor: resolution and blur (camera-specific, plus motion/focus blur in some images)
@@ -735,7 +947,9 @@ class _Scene:
         res = min(1.0, cam["res"] * rng.uniform(0.9, 1.15)) / (1.0 + blur)
         if res < 0.95:
             lw, lh = max(4, int(round(self.width * res))), max(8, int(round(self.height * res)))
-            img = img.resize((lw, lh), Image.Resampling.BILINEAR).resize((self.width, self.height), Image.Resampling.BILINEAR)
+            img = img.resize((lw, lh), Image.Resampling.BILINEAR).resize(
+                (self.width, self.height), Image.Resampling.BILINEAR
+            )
 
         # ---- lighting: saturation, illumination gradient, then one lookup table per channel for
         #      colour cast x brightness, contrast and gamma; finally sensor noise
@@ -753,13 +967,13 @@ class _Scene:
         noise = self._noise[cam_i]
         ny = int(rng.integers(0, noise.shape[0] - self.height + 1))
         nx = int(rng.integers(0, noise.shape[1] - self.width + 1))
-        a = noise[ny:ny + self.height, nx:nx + self.width].copy()
+        a = noise[ny : ny + self.height, nx : nx + self.width].copy()
         for c in range(3):
             a[..., c] += lut[c][src[..., c]]
         np.clip(a, 0, 255, out=a)
         return Image.fromarray(a.astype(np.uint8), "RGB")
 
-    def _gradient(self, cam_i: int, k: int) -> Tuple[Image.Image, float]:
+    def _gradient(self, cam_i: int, k: int) -> tuple[Image.Image, float]:
         """Illumination gradient image (scaled to max 255) and its maximum gain, cached."""
         key = (cam_i, k)
         if key not in self._grad_cache:
@@ -775,7 +989,7 @@ class _Scene:
 # --------------------------------------------------------------------------- #
 # layout (which image goes where)
 # --------------------------------------------------------------------------- #
-def _frames(seed: int, pid_code: int, cam: int, n: int) -> List[Tuple[int, int]]:
+def _frames(seed: int, pid_code: int, cam: int, n: int) -> list[tuple[int, int]]:
     """``n`` increasing (frame, bbox-index) pairs for one pid in one camera."""
     r = _rng(seed, _T_FRAMES, pid_code, cam)
     step = max(2, min(80, 999_999 // (n + 1)))  # frames must stay 6-digit
@@ -792,10 +1006,10 @@ def _fname(pid: int, cam: int, frame: int, idx: int) -> str:
     return f"{pid_s}_c{cam + 1}s1_{frame:06d}_{idx:02d}.jpg"
 
 
-def _plan(seed: int, p: Mapping[str, int]) -> List[Tuple[str, str, int, int, Tuple[int, ...]]]:
+def _plan(seed: int, p: Mapping[str, int]) -> list[tuple[str, str, int, int, tuple[int, ...]]]:
     """List of (split, filename, pid, cam, image-key) for every image."""
     C, K = p["num_cameras"], p["images_per_id"]
-    jobs: List[Tuple[str, str, int, int, Tuple[int, ...]]] = []
+    jobs: list[tuple[str, str, int, int, tuple[int, ...]]] = []
     ntr, nte = p["num_train_ids"], p["num_test_ids"]
     max_cams = min(C, K)
     for pid in range(1, ntr + nte + 1):
@@ -828,23 +1042,27 @@ def _plan(seed: int, p: Mapping[str, int]) -> List[Tuple[str, str, int, int, Tup
     return jobs
 
 
-
 # --------------------------------------------------------------------------- #
 # rendering jobs (serially or in forked worker processes)
 # --------------------------------------------------------------------------- #
-_Job = Tuple[str, str, int, int, Tuple[int, ...]]
-_WORKER_STATE: Dict[str, Any] = {}
+_Job = tuple[str, str, int, int, tuple[int, ...]]
+_WORKER_STATE: dict[str, Any] = {}
 
 
-def _render_jobs(root: str, params: Mapping[str, int], jobs: Sequence[_Job],
-                 progress: Optional[Callable[[int, int], None]] = None, total: Optional[int] = None) -> int:
+def _render_jobs(
+    root: str,
+    params: Mapping[str, int],
+    jobs: Sequence[_Job],
+    progress: Callable[[int, int], None] | None = None,
+    total: int | None = None,
+) -> int:
     """Render and write ``jobs``; every image depends only on (seed, its key), not on the order."""
     key = (params["seed"], params["num_cameras"], params["height"], params["width"])
     if _WORKER_STATE.get("key") != key:
         _WORKER_STATE.clear()
         _WORKER_STATE.update(key=key, scene=_Scene(*key), idents={})
     scene: _Scene = _WORKER_STATE["scene"]
-    idents: Dict[int, Dict[str, Any]] = _WORKER_STATE["idents"]
+    idents: dict[int, dict[str, Any]] = _WORKER_STATE["idents"]
     seed = params["seed"]
     out = Path(root)
     total = len(jobs) if total is None else total
@@ -864,12 +1082,12 @@ def _render_jobs(root: str, params: Mapping[str, int], jobs: Sequence[_Job],
     return len(jobs)
 
 
-def _render_chunk(args: Tuple[str, Dict[str, int], List[_Job]]) -> int:
+def _render_chunk(args: tuple[str, dict[str, int], list[_Job]]) -> int:
     root, params, jobs = args
     return _render_jobs(root, params, jobs)
 
 
-def _num_workers(workers: Optional[int], n_jobs: int) -> int:
+def _num_workers(workers: int | None, n_jobs: int) -> int:
     if workers is not None:
         return max(1, int(workers))
     if n_jobs < 400 or "fork" not in mp.get_all_start_methods():
@@ -881,15 +1099,20 @@ def _num_workers(workers: Optional[int], n_jobs: int) -> int:
     return max(1, min(ncpu, 8))
 
 
-def _render_parallel(root: str, params: Mapping[str, int], jobs: Sequence[_Job], n_workers: int,
-                     progress: Optional[Callable[[int, int], None]]) -> None:
+def _render_parallel(
+    root: str,
+    params: Mapping[str, int],
+    jobs: Sequence[_Job],
+    n_workers: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
     """Render in ``n_workers`` forked processes (falls back to serial where fork is unavailable)."""
     if "fork" not in mp.get_all_start_methods():
         _render_jobs(root, params, jobs, progress)
         return
     n_chunks = n_workers * 6
     size = -(-len(jobs) // n_chunks)
-    chunks = [(root, dict(params), list(jobs[k:k + size])) for k in range(0, len(jobs), size)]
+    chunks = [(root, dict(params), list(jobs[k : k + size])) for k in range(0, len(jobs), size)]
     done = 0
     with mp.get_context("fork").Pool(n_workers) as pool:
         for n in pool.imap_unordered(_render_chunk, chunks):
@@ -901,7 +1124,7 @@ def _render_parallel(root: str, params: Mapping[str, int], jobs: Sequence[_Job],
 # --------------------------------------------------------------------------- #
 # public API
 # --------------------------------------------------------------------------- #
-def _full_params(seed: int, sizes: Mapping[str, Any]) -> Dict[str, int]:
+def _full_params(seed: int, sizes: Mapping[str, Any]) -> dict[str, int]:
     unknown = set(sizes) - set(DEFAULT_DEMO_PARAMS)
     if unknown:
         raise TypeError(f"unknown demo-dataset parameter(s): {sorted(unknown)}; known: {sorted(DEFAULT_DEMO_PARAMS)}")
@@ -927,21 +1150,28 @@ def _full_params(seed: int, sizes: Mapping[str, Any]) -> Dict[str, int]:
 
 def _write_marker(root: Path, params: Mapping[str, int], counts: Mapping[str, Any]) -> None:
     tmp = root / (MARKER_NAME + ".tmp")
-    tmp.write_text(json.dumps({"generator_version": GENERATOR_VERSION, "params": dict(params), "counts": counts}, indent=2, sort_keys=True))
+    tmp.write_text(
+        json.dumps(
+            {"generator_version": GENERATOR_VERSION, "params": dict(params), "counts": counts}, indent=2, sort_keys=True
+        )
+    )
     os.replace(tmp, root / MARKER_NAME)
 
 
-def generate_demo_market(root: PathLike, seed: int = 0,
-                         num_train_ids: int = DEFAULT_DEMO_PARAMS["num_train_ids"],
-                         num_test_ids: int = DEFAULT_DEMO_PARAMS["num_test_ids"],
-                         images_per_id: int = DEFAULT_DEMO_PARAMS["images_per_id"],
-                         num_cameras: int = DEFAULT_DEMO_PARAMS["num_cameras"],
-                         height: int = DEFAULT_DEMO_PARAMS["height"],
-                         width: int = DEFAULT_DEMO_PARAMS["width"],
-                         num_distractors: int = DEFAULT_DEMO_PARAMS["num_distractors"],
-                         num_junk: int = DEFAULT_DEMO_PARAMS["num_junk"],
-                         progress: Optional[Callable[[int, int], None]] = None,
-                         workers: Optional[int] = None) -> Dict[str, Any]:
+def generate_demo_market(
+    root: PathLike,
+    seed: int = 0,
+    num_train_ids: int = DEFAULT_DEMO_PARAMS["num_train_ids"],
+    num_test_ids: int = DEFAULT_DEMO_PARAMS["num_test_ids"],
+    images_per_id: int = DEFAULT_DEMO_PARAMS["images_per_id"],
+    num_cameras: int = DEFAULT_DEMO_PARAMS["num_cameras"],
+    height: int = DEFAULT_DEMO_PARAMS["height"],
+    width: int = DEFAULT_DEMO_PARAMS["width"],
+    num_distractors: int = DEFAULT_DEMO_PARAMS["num_distractors"],
+    num_junk: int = DEFAULT_DEMO_PARAMS["num_junk"],
+    progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
+) -> dict[str, Any]:
     """Write a synthetic Market-1501-style dataset under ``root``.
 
     Identities ``1..num_train_ids`` go to ``bounding_box_train``;
@@ -974,9 +1204,19 @@ def generate_demo_market(root: PathLike, seed: int = 0,
         counts real identities (pid >= 1), ``images`` counts every file of the
         folder; the gallery entry also has ``"distractors"`` and ``"junk"``.
     """
-    params = _full_params(seed, dict(num_train_ids=num_train_ids, num_test_ids=num_test_ids, images_per_id=images_per_id,
-                                     num_cameras=num_cameras, height=height, width=width,
-                                     num_distractors=num_distractors, num_junk=num_junk))
+    params = _full_params(
+        seed,
+        dict(
+            num_train_ids=num_train_ids,
+            num_test_ids=num_test_ids,
+            images_per_id=images_per_id,
+            num_cameras=num_cameras,
+            height=height,
+            width=width,
+            num_distractors=num_distractors,
+            num_junk=num_junk,
+        ),
+    )
     root = Path(root)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise ValueError(f"demo dataset output folder {str(root)!r} exists and is not an empty directory")
@@ -990,7 +1230,7 @@ def generate_demo_market(root: PathLike, seed: int = 0,
     else:
         _render_parallel(str(root), params, jobs, n_workers, progress)
 
-    stats: Dict[str, Dict[str, set]] = {s: {"ids": set(), "cams": set()} for s in SPLIT_DIRS}
+    stats: dict[str, dict[str, set]] = {s: {"ids": set(), "cams": set()} for s in SPLIT_DIRS}
     n_img = {s: 0 for s in SPLIT_DIRS}
     n_distr = n_junk = 0
     for split, _fn, pid, cam, _key in jobs:
@@ -1003,7 +1243,7 @@ def generate_demo_market(root: PathLike, seed: int = 0,
         stats[split]["cams"].add(cam + 1)
         n_img[split] += 1
 
-    counts: Dict[str, Any] = {"root": str(root)}
+    counts: dict[str, Any] = {"root": str(root)}
     for s in SPLIT_DIRS:
         counts[s] = {"ids": len(stats[s]["ids"]), "images": n_img[s], "cameras": len(stats[s]["cams"])}
     counts["gallery"]["distractors"] = n_distr
@@ -1013,7 +1253,7 @@ def generate_demo_market(root: PathLike, seed: int = 0,
     return counts
 
 
-def _read_marker(root: Path) -> Optional[Dict[str, Any]]:
+def _read_marker(root: Path) -> dict[str, Any] | None:
     m = root / MARKER_NAME
     if not m.is_file():
         return None
@@ -1034,21 +1274,26 @@ def _check_existing(root: Path, params: Mapping[str, int]) -> bool:
         if any(root.iterdir()):
             raise ValueError(
                 f"demo dataset folder {str(root)!r} is not empty and has no {MARKER_NAME} marker "
-                "(not a finished demo dataset); refusing to touch it - pick another folder or remove it yourself")
+                "(not a finished demo dataset); refusing to touch it - pick another folder or remove it yourself"
+            )
         return False
     old = dict(marker.get("params") or {})
     old_version = marker.get("generator_version")
-    diffs = [f"{k}: folder has {old.get(k)!r}, requested {params[k]!r}" for k in sorted(params) if old.get(k) != params[k]]
+    diffs = [
+        f"{k}: folder has {old.get(k)!r}, requested {params[k]!r}" for k in sorted(params) if old.get(k) != params[k]
+    ]
     if old_version != GENERATOR_VERSION:
         diffs.append(f"generator_version: folder has {old_version!r}, current {GENERATOR_VERSION!r}")
     if diffs:
         raise ValueError(
             f"demo dataset folder {str(root)!r} was generated with different parameters ("
-            + "; ".join(diffs) + "); use another folder or remove it yourself")
+            + "; ".join(diffs)
+            + "); use another folder or remove it yourself"
+        )
     return True
 
 
-def read_demo_marker(root: PathLike) -> Optional[Dict[str, Any]]:
+def read_demo_marker(root: PathLike) -> dict[str, Any] | None:
     """The marker of a finished demo tree (``generator_version``, ``params``, ``counts``), or None."""
     return _read_marker(Path(root))
 

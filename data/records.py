@@ -66,9 +66,18 @@ def relabel(records: list[Record]) -> list[Record]:
     return [Record(r.path, mapping[r.label], r.camid) for r in records]
 
 
-def zero_shot_splits(name: str, train: list[Record], test: list[Record], recall_ks: tuple[int, ...],
-                     notes: list[str] | None = None) -> DatasetSplits:
+def zero_shot_splits(
+    name: str, train: list[Record], test: list[Record], recall_ks: tuple[int, ...], notes: list[str] | None = None
+) -> DatasetSplits:
     """A retrieval benchmark tested on unseen classes whose query set is its gallery (CUB, Cars, SOP):
     train labels relabelled 0..C-1, test labels kept, each query excluded from its own gallery by index."""
-    return DatasetSplits(name=name, train=relabel(train), query=test, gallery=test, protocol="retrieval",
-                         query_is_gallery=True, recall_ks=recall_ks, notes=list(notes or []))
+    return DatasetSplits(
+        name=name,
+        train=relabel(train),
+        query=test,
+        gallery=test,
+        protocol="retrieval",
+        query_is_gallery=True,
+        recall_ks=recall_ks,
+        notes=list(notes or []),
+    )

@@ -38,11 +38,14 @@ class PKBatchSampler(_EpochSeeded):
     epoch is fixed: (number of groups) // P.
     """
 
-    def __init__(self, labels: list[int], batch_size: int, num_instances: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, labels: list[int], batch_size: int, num_instances: int, seed: int = 0, rank: int = 0, world_size: int = 1
+    ):
         super().__init__(seed, rank, world_size)
         if batch_size % num_instances:
-            raise ConfigError(f"SOLVER.IMS_PER_BATCH = {batch_size} is not a multiple of DATALOADER.NUM_INSTANCE = {num_instances}")
+            raise ConfigError(
+                f"SOLVER.IMS_PER_BATCH = {batch_size} is not a multiple of DATALOADER.NUM_INSTANCE = {num_instances}"
+            )
         self.k = num_instances
         self.p = batch_size // num_instances
         if self.p % world_size:
@@ -70,7 +73,7 @@ class PKBatchSampler(_EpochSeeded):
         else:
             indices = rng.permutation(indices)
         n = len(indices) // self.k
-        return [indices[i * self.k:(i + 1) * self.k] for i in range(n)]
+        return [indices[i * self.k : (i + 1) * self.k] for i in range(n)]
 
     def __iter__(self):
         rng = self._rng()
@@ -88,7 +91,7 @@ class PKBatchSampler(_EpochSeeded):
                 if not pending[label]:
                     pending[label] = self._groups(label, rng)
                 groups.append(pending[label].pop())
-            mine = groups[self.rank * share:(self.rank + 1) * share]
+            mine = groups[self.rank * share : (self.rank + 1) * share]
             yield [int(i) for group in mine for i in group]
 
     def __len__(self) -> int:
@@ -103,7 +106,9 @@ class RandomBatchSampler(_EpochSeeded):
         if batch_size % world_size:
             raise ConfigError(f"SOLVER.IMS_PER_BATCH = {batch_size} cannot be split evenly over {world_size} processes")
         if num_items < batch_size:
-            raise ConfigError(f"SOLVER.IMS_PER_BATCH = {batch_size} is larger than the training set ({num_items} images)")
+            raise ConfigError(
+                f"SOLVER.IMS_PER_BATCH = {batch_size} is larger than the training set ({num_items} images)"
+            )
         self.num_items, self.batch_size = num_items, batch_size
         self.num_batches = num_items // batch_size
 
@@ -111,8 +116,8 @@ class RandomBatchSampler(_EpochSeeded):
         order = self._rng().permutation(self.num_items)
         share = self.batch_size // self.world_size
         for b in range(self.num_batches):
-            batch = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield [int(i) for i in batch[self.rank * share:(self.rank + 1) * share]]
+            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield [int(i) for i in batch[self.rank * share : (self.rank + 1) * share]]
 
     def __len__(self) -> int:
         return self.num_batches

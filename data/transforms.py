@@ -44,8 +44,11 @@ def build_normalize(cfg) -> torch.nn.Module:
     """The normalisation MODEL.NAME's ImageNet weights expect: INPUT.PIXEL_MEAN / PIXEL_STD on RGB in [0, 1]
     (ResNets), or the Caffe convention for bn_inception, which then ignores INPUT.PIXEL_MEAN / PIXEL_STD."""
     if cfg.MODEL.NAME in CAFFE_INPUT_MODELS:
-        logger.info("MODEL.NAME %s: input BGR 0-255 minus mean %s (std 1); INPUT.PIXEL_MEAN and INPUT.PIXEL_STD "
-                    "are ignored", cfg.MODEL.NAME, list(CAFFE_BGR_MEAN))
+        logger.info(
+            "MODEL.NAME %s: input BGR 0-255 minus mean %s (std 1); INPUT.PIXEL_MEAN and INPUT.PIXEL_STD are ignored",
+            cfg.MODEL.NAME,
+            list(CAFFE_BGR_MEAN),
+        )
         return CaffeBGRNormalize()
     return T.Normalize(mean=list(cfg.INPUT.PIXEL_MEAN), std=list(cfg.INPUT.PIXEL_STD))
 
@@ -83,9 +86,19 @@ def _retrieval_transforms(cfg, is_train: bool, normalize: torch.nn.Module) -> T.
         scale = tuple(cfg.INPUT.CROP_SCALE)
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise ConfigError(f"INPUT.CROP_SCALE = {list(scale)}; expected [min, max] with 0 < min <= max <= 1")
-        return T.Compose([T.RandomResizedCrop(list(cfg.INPUT.SIZE_TRAIN), scale=scale),
-                          T.RandomHorizontalFlip(p=cfg.INPUT.PROB), T.ToTensor(), normalize])
+        return T.Compose(
+            [
+                T.RandomResizedCrop(list(cfg.INPUT.SIZE_TRAIN), scale=scale),
+                T.RandomHorizontalFlip(p=cfg.INPUT.PROB),
+                T.ToTensor(),
+                normalize,
+            ]
+        )
     if cfg.INPUT.RESIZE_TEST < min(cfg.INPUT.SIZE_TEST):
-        raise ConfigError(f"INPUT.RESIZE_TEST = {cfg.INPUT.RESIZE_TEST} is smaller than the centre crop "
-                          f"INPUT.SIZE_TEST = {list(cfg.INPUT.SIZE_TEST)}")
-    return T.Compose([T.Resize(cfg.INPUT.RESIZE_TEST), T.CenterCrop(list(cfg.INPUT.SIZE_TEST)), T.ToTensor(), normalize])
+        raise ConfigError(
+            f"INPUT.RESIZE_TEST = {cfg.INPUT.RESIZE_TEST} is smaller than the centre crop "
+            f"INPUT.SIZE_TEST = {list(cfg.INPUT.SIZE_TEST)}"
+        )
+    return T.Compose(
+        [T.Resize(cfg.INPUT.RESIZE_TEST), T.CenterCrop(list(cfg.INPUT.SIZE_TEST)), T.ToTensor(), normalize]
+    )

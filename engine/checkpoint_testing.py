@@ -12,10 +12,10 @@ import torch
 from config import UserError
 from config.errors import check_choice
 from data.build import build_data
-from engine.run.device import resolve_device
 from engine.evaluation.dataset_evaluation import DatasetEvaluation, format_metrics
-from engine.run.precision import resolve_precision
+from engine.run.device import resolve_device
 from engine.run.output_dir import atomic_write_text, save_config, setup_logging
+from engine.run.precision import resolve_precision
 from modeling import build_model, load_weights
 
 logger = logging.getLogger("test")
@@ -50,19 +50,35 @@ class RankingInputs:
         """engine.reporting.rank_pictures.ranked_lists of every query (the top_k - 1 best valid items + last match)."""
         from engine.reporting.rank_pictures import ranked_lists
 
-        return ranked_lists(lambda start, stop: self._distance(self._query[start:stop], self._gallery),
-                            len(self.query_paths), self.query_labels, self.query_camids, self.gallery_labels,
-                            self.gallery_camids, top_k=top_k, reid=self.spec.protocol == "reid",
-                            query_is_gallery=self.spec.query_is_gallery)
+        return ranked_lists(
+            lambda start, stop: self._distance(self._query[start:stop], self._gallery),
+            len(self.query_paths),
+            self.query_labels,
+            self.query_camids,
+            self.gallery_labels,
+            self.gallery_camids,
+            top_k=top_k,
+            reid=self.spec.protocol == "reid",
+            query_is_gallery=self.spec.query_is_gallery,
+        )
 
 
 def write_visrank(cfg, inputs: RankingInputs, output_dir: Path) -> list[Path]:
     """TEST.VISRANK's rank pictures under OUTPUT_DIR/visrank/<dataset>/."""
     from engine.reporting.rank_pictures import write_rank_pictures
 
-    return write_rank_pictures(output_dir, inputs.spec.name, inputs.query_paths, inputs.gallery_paths,
-                               inputs.ranked(cfg.TEST.VISRANK), inputs.query_labels, inputs.gallery_labels,
-                               inputs.query_norms, inputs.gallery_norms, size=tuple(cfg.INPUT.SIZE_TEST))
+    return write_rank_pictures(
+        output_dir,
+        inputs.spec.name,
+        inputs.query_paths,
+        inputs.gallery_paths,
+        inputs.ranked(cfg.TEST.VISRANK),
+        inputs.query_labels,
+        inputs.gallery_labels,
+        inputs.query_norms,
+        inputs.gallery_norms,
+        size=tuple(cfg.INPUT.SIZE_TEST),
+    )
 
 
 def write_ranked_list(cfg, inputs: RankingInputs, output_dir: Path) -> Path:
@@ -71,9 +87,17 @@ def write_ranked_list(cfg, inputs: RankingInputs, output_dir: Path) -> Path:
 
     fmt = cfg.TEST.RANKED_LIST_FORMAT
     path = output_dir / f"ranked_list_{inputs.spec.name}.{fmt}"
-    return write_ranked_lists(path, fmt, inputs.ranked(cfg.TEST.RANKED_LIST + 1), inputs.query_paths,
-                              inputs.gallery_paths, inputs.query_labels, inputs.gallery_labels, inputs.query_camids,
-                              inputs.gallery_camids)
+    return write_ranked_lists(
+        path,
+        fmt,
+        inputs.ranked(cfg.TEST.RANKED_LIST + 1),
+        inputs.query_paths,
+        inputs.gallery_paths,
+        inputs.query_labels,
+        inputs.gallery_labels,
+        inputs.query_camids,
+        inputs.gallery_camids,
+    )
 
 
 def run_test(cfg) -> dict:
@@ -96,8 +120,10 @@ def run_test(cfg) -> dict:
         load_weights(cfg, model, cfg.TEST.WEIGHT, "TEST.WEIGHT")
     else:
         # No checkpoint: evaluate the model as MODEL.PRETRAIN_CHOICE builds it (the untrained baseline).
-        logger.warning("TEST.WEIGHT is empty: evaluating the model as MODEL.PRETRAIN_CHOICE %r builds it",
-                       cfg.MODEL.PRETRAIN_CHOICE)
+        logger.warning(
+            "TEST.WEIGHT is empty: evaluating the model as MODEL.PRETRAIN_CHOICE %r builds it",
+            cfg.MODEL.PRETRAIN_CHOICE,
+        )
         model = build_model(cfg)
     model.to(device)
     data = build_data(cfg, with_train=False)
@@ -105,27 +131,41 @@ def run_test(cfg) -> dict:
     if cfg.TEST.VISRANK < 0:
         raise UserError(f"TEST.VISRANK = {cfg.TEST.VISRANK}; expected 0 (no pictures) or the number of gallery tiles")
     if cfg.TEST.RANKED_LIST < 0:
-        raise UserError(f"TEST.RANKED_LIST = {cfg.TEST.RANKED_LIST}; expected 0 (none) or the number of items per query")
+        raise UserError(
+            f"TEST.RANKED_LIST = {cfg.TEST.RANKED_LIST}; expected 0 (none) or the number of items per query"
+        )
     check_choice("TEST.RANKED_LIST_FORMAT", cfg.TEST.RANKED_LIST_FORMAT, ("csv", "json"))
     results = []
     for eval_set in data.eval_sets:
-        evaluation = DatasetEvaluation(cfg, model, precision, device, eval_set,
-                                       keep_embeddings=cfg.TEST.VISRANK > 0 or cfg.TEST.RANKED_LIST > 0)
+        evaluation = DatasetEvaluation(
+            cfg, model, precision, device, eval_set, keep_embeddings=cfg.TEST.VISRANK > 0 or cfg.TEST.RANKED_LIST > 0
+        )
         result = {"weight": weight, **evaluation.run()}
-        logger.info("Test on %s with %s (%.1f s): %s", result["dataset"], weight, result["eval_seconds"],
-                    format_metrics(result))
+        logger.info(
+            "Test on %s with %s (%.1f s): %s", result["dataset"], weight, result["eval_seconds"], format_metrics(result)
+        )
         if "cmc" in result:
             cmc = result["cmc"]
-            logger.info("CMC curve: %s", "  ".join(f"R{k}: {100 * cmc[k - 1]:.1f}%" for k in (1, 5, 10, 20, 50) if k <= len(cmc)))
+            logger.info(
+                "CMC curve: %s",
+                "  ".join(f"R{k}: {100 * cmc[k - 1]:.1f}%" for k in (1, 5, 10, 20, 50) if k <= len(cmc)),
+            )
         if (cfg.TEST.VISRANK > 0 or cfg.TEST.RANKED_LIST > 0) and idist.get_rank() == 0:
             inputs = RankingInputs(evaluation)
             if cfg.TEST.RANKED_LIST > 0:
-                logger.info("Ranked lists (top %d per query) in %s", cfg.TEST.RANKED_LIST,
-                            write_ranked_list(cfg, inputs, output_dir))
+                logger.info(
+                    "Ranked lists (top %d per query) in %s",
+                    cfg.TEST.RANKED_LIST,
+                    write_ranked_list(cfg, inputs, output_dir),
+                )
             if cfg.TEST.VISRANK > 0:
                 pictures = write_visrank(cfg, inputs, output_dir)
-                logger.info("Rank pictures of %d queries (%d gallery tiles each) in %s", len(pictures),
-                            cfg.TEST.VISRANK, output_dir / "visrank" / result["dataset"])
+                logger.info(
+                    "Rank pictures of %d queries (%d gallery tiles each) in %s",
+                    len(pictures),
+                    cfg.TEST.VISRANK,
+                    output_dir / "visrank" / result["dataset"],
+                )
         results.append(result)
     content = results[0] if len(results) == 1 else {"weight": weight, "datasets": results}
     atomic_write_text(output_dir / "test_metrics.json", json.dumps(content, indent=2))

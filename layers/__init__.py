@@ -9,7 +9,7 @@ use). 'pml:<LossClass>' builds any pytorch-metric-learning loss (layers/pml_cata
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -44,32 +44,48 @@ def _smoothing(cfg) -> float:
 # name -> builder(cfg, num_classes, feat_dim); 'none' is handled by build_loss
 CLS_LOSSES: dict[str, Builder] = {
     "softmax": lambda cfg, c, d: SoftmaxClassifierLoss(d, c, label_smoothing=_smoothing(cfg)),
-    "arcface": lambda cfg, c, d: ArcFaceHead(d, c, scale=cfg.SOLVER.CS, margin=cfg.LOSS.ARCFACE.MARGIN,
-                                             label_smoothing=_smoothing(cfg)),
-    "cosface": lambda cfg, c, d: CosFaceHead(d, c, scale=cfg.SOLVER.CS, margin=cfg.LOSS.COSFACE.MARGIN,
-                                             label_smoothing=_smoothing(cfg)),
+    "arcface": lambda cfg, c, d: ArcFaceHead(
+        d, c, scale=cfg.SOLVER.CS, margin=cfg.LOSS.ARCFACE.MARGIN, label_smoothing=_smoothing(cfg)
+    ),
+    "cosface": lambda cfg, c, d: CosFaceHead(
+        d, c, scale=cfg.SOLVER.CS, margin=cfg.LOSS.COSFACE.MARGIN, label_smoothing=_smoothing(cfg)
+    ),
     "n-softmax": lambda cfg, c, d: NormSoftmaxHead(d, c, scale=cfg.SOLVER.CS, label_smoothing=_smoothing(cfg)),
-    "circle": lambda cfg, c, d: CircleClsHead(d, c, scale=cfg.SOLVER.CS, margin=cfg.LOSS.CIRCLE.MARGIN,
-                                              label_smoothing=_smoothing(cfg)),
+    "circle": lambda cfg, c, d: CircleClsHead(
+        d, c, scale=cfg.SOLVER.CS, margin=cfg.LOSS.CIRCLE.MARGIN, label_smoothing=_smoothing(cfg)
+    ),
     # NAMA: per-sample margins from the uncertainty head; the form is MODEL.ARCH's 'arc' / 'cos' token
-    "uc-cls": lambda cfg, c, d: UcClsHead(d, c, scale=cfg.SOLVER.CS, margin=cfg.SOLVER.MARGIN,
-                                          form=parse_arch(cfg.MODEL.ARCH).margin_form,
-                                          label_smoothing=_smoothing(cfg)),
+    "uc-cls": lambda cfg, c, d: UcClsHead(
+        d,
+        c,
+        scale=cfg.SOLVER.CS,
+        margin=cfg.SOLVER.MARGIN,
+        form=parse_arch(cfg.MODEL.ARCH).margin_form,
+        label_smoothing=_smoothing(cfg),
+    ),
 }
 
 
 def _margin_loss(cfg, c: int, d: int) -> MarginLoss:
     m = cfg.LOSS.MARGIN_LOSS
     check_choice("LOSS.MARGIN_LOSS.LEARN_BETA", m.LEARN_BETA, ("yes", "no"))
-    return MarginLoss(c, alpha=m.ALPHA, beta=m.BETA, learn_beta=m.LEARN_BETA == "yes", nu=m.NU, cutoff=m.CUTOFF,
-                      nonzero_loss_cutoff=m.NONZERO_LOSS_CUTOFF)
+    return MarginLoss(
+        c,
+        alpha=m.ALPHA,
+        beta=m.BETA,
+        learn_beta=m.LEARN_BETA == "yes",
+        nu=m.NU,
+        cutoff=m.CUTOFF,
+        nonzero_loss_cutoff=m.NONZERO_LOSS_CUTOFF,
+    )
 
 
 def _soft_contrastive(cfg, c: int, d: int) -> SoftContrastiveLoss:
     s = cfg.LOSS.SOFT_CONTRASTIVE
     check_choice("LOSS.SOFT_CONTRASTIVE.MINING", s.MINING, ("at_asms", "asms", "none"))
-    return SoftContrastiveLoss(pos_scale=s.POS_SCALE, neg_scale=s.NEG_SCALE, thresh=s.THRESH, mining=s.MINING,
-                               margin=s.MARGIN)
+    return SoftContrastiveLoss(
+        pos_scale=s.POS_SCALE, neg_scale=s.NEG_SCALE, thresh=s.THRESH, mining=s.MINING, margin=s.MARGIN
+    )
 
 
 def _contrastive(cfg, c: int, d: int) -> ContrastiveLoss:
@@ -79,8 +95,16 @@ def _contrastive(cfg, c: int, d: int) -> ContrastiveLoss:
 
 def _amloss(cfg, c: int, d: int) -> AMLoss:
     a = cfg.LOSS.AMLOSS
-    return AMLoss(c, d, alpha_pos=a.ALPHA_POS, alpha_neg=a.ALPHA_NEG, delta_neg=a.DELTA_NEG,
-                  margin_init=a.MARGIN_INIT, pp_delta=a.PP_DELTA, pp_weight=a.PP_WEIGHT)
+    return AMLoss(
+        c,
+        d,
+        alpha_pos=a.ALPHA_POS,
+        alpha_neg=a.ALPHA_NEG,
+        delta_neg=a.DELTA_NEG,
+        margin_init=a.MARGIN_INIT,
+        pp_delta=a.PP_DELTA,
+        pp_weight=a.PP_WEIGHT,
+    )
 
 
 METRIC_LOSSES: dict[str, Builder] = {
@@ -88,15 +112,20 @@ METRIC_LOSSES: dict[str, Builder] = {
     "tri-n": lambda cfg, c, d: BatchHardTripletLoss(margin=cfg.SOLVER.MARGIN, normalize=True),
     "contrastive": _contrastive,
     "ms": lambda cfg, c, d: MultiSimilarityLoss(
-        pos_scale=cfg.LOSS.MS.POS_SCALE, neg_scale=cfg.LOSS.MS.NEG_SCALE, thresh=cfg.LOSS.MS.THRESH,
-        mining_margin=cfg.LOSS.MS.MINING_MARGIN, coef=cfg.LOSS.MS.COEF),
+        pos_scale=cfg.LOSS.MS.POS_SCALE,
+        neg_scale=cfg.LOSS.MS.NEG_SCALE,
+        thresh=cfg.LOSS.MS.THRESH,
+        mining_margin=cfg.LOSS.MS.MINING_MARGIN,
+        coef=cfg.LOSS.MS.COEF,
+    ),
     "soft_contrastive": _soft_contrastive,
     "circle": lambda cfg, c, d: CirclePairLoss(margin=cfg.LOSS.CIRCLE.MARGIN, scale=cfg.LOSS.CIRCLE.SCALE),
     "cosface": lambda cfg, c, d: PairwiseCosFaceLoss(scale=cfg.SOLVER.S, margin=cfg.SOLVER.MARGIN),
     "margin": _margin_loss,
     "proxy_nca": lambda cfg, c, d: ProxyNCALoss(c, d, scale=cfg.LOSS.PROXY_NCA.SCALE),
-    "proxy_anchor": lambda cfg, c, d: ProxyAnchorLoss(c, d, alpha=cfg.LOSS.PROXY_ANCHOR.ALPHA,
-                                                      delta=cfg.LOSS.PROXY_ANCHOR.DELTA),
+    "proxy_anchor": lambda cfg, c, d: ProxyAnchorLoss(
+        c, d, alpha=cfg.LOSS.PROXY_ANCHOR.ALPHA, delta=cfg.LOSS.PROXY_ANCHOR.DELTA
+    ),
     "amloss": _amloss,
     "center": lambda cfg, c, d: CenterLoss(c, d),
     # NAMA (seed 002): margins shifted per sample by the uncertainty head's offsets
@@ -119,10 +148,15 @@ def metric_loss_names(cfg) -> list[str]:
             part = part.strip()
             for name in METRIC_ALIASES.get(part, part).split("+"):
                 if not name.startswith(PML_PREFIX):
-                    check_choice("MODEL.METRIC_LOSS_TYPE", name,
-                                 (*METRIC_LOSSES, *METRIC_ALIASES, "none", f"{PML_PREFIX}<LossClass>"))
+                    check_choice(
+                        "MODEL.METRIC_LOSS_TYPE",
+                        name,
+                        (*METRIC_LOSSES, *METRIC_ALIASES, "none", f"{PML_PREFIX}<LossClass>"),
+                    )
                     if name == "none":
-                        raise ConfigError(f"MODEL.METRIC_LOSS_TYPE = {text!r}: 'none' cannot be combined with other losses")
+                        raise ConfigError(
+                            f"MODEL.METRIC_LOSS_TYPE = {text!r}: 'none' cannot be combined with other losses"
+                        )
                 if name in names:
                     raise ConfigError(f"MODEL.METRIC_LOSS_TYPE = {text!r} names {name!r} twice")
                 names.append(name)
@@ -156,15 +190,21 @@ def _check_arch(cfg, names: list[str]) -> None:
     """The uncertainty losses need the head on their path; 'cls' archs train the classification loss alone."""
     arch = parse_arch(cfg.MODEL.ARCH)
     if arch.classification_only and names:
-        raise ConfigError(f"MODEL.ARCH {arch.name!r} trains the classification loss alone; set MODEL.METRIC_LOSS_TYPE "
-                          f"none (it is {cfg.MODEL.METRIC_LOSS_TYPE!r})")
+        raise ConfigError(
+            f"MODEL.ARCH {arch.name!r} trains the classification loss alone; set MODEL.METRIC_LOSS_TYPE "
+            f"none (it is {cfg.MODEL.METRIC_LOSS_TYPE!r})"
+        )
     uc_metric = [n for n in names if n in UC_METRIC_LOSSES]
     if uc_metric and not (arch.uncertainty and not arch.classification_only):
-        raise ConfigError(f"MODEL.METRIC_LOSS_TYPE {uc_metric[0]!r} needs the uncertainty head on the metric path: "
-                          f"MODEL.ARCH 'uc' or e.g. 'uc-bn-no' (it is {arch.name!r})")
+        raise ConfigError(
+            f"MODEL.METRIC_LOSS_TYPE {uc_metric[0]!r} needs the uncertainty head on the metric path: "
+            f"MODEL.ARCH 'uc' or e.g. 'uc-bn-no' (it is {arch.name!r})"
+        )
     if cfg.MODEL.CLS_LOSS_TYPE == "uc-cls" and not (arch.uncertainty and arch.classification_only):
-        raise ConfigError(f"MODEL.CLS_LOSS_TYPE 'uc-cls' needs the uncertainty head on the classification path: "
-                          f"MODEL.ARCH 'clsuc' (or 'clsuc-arc', 'clsuc-cos'; it is {arch.name!r})")
+        raise ConfigError(
+            f"MODEL.CLS_LOSS_TYPE 'uc-cls' needs the uncertainty head on the classification path: "
+            f"MODEL.ARCH 'clsuc' (or 'clsuc-arc', 'clsuc-cos'; it is {arch.name!r})"
+        )
 
 
 def _norm_regularizer(cfg):
@@ -194,26 +234,49 @@ def build_loss(cfg, num_classes: int, feat_dim: int) -> CompositeLoss:
     _check_arch(cfg, names)
     uses_pml = any(n.startswith(PML_PREFIX) for n in names)
     if cfg.LOSS.PML_KWARGS.strip() and not uses_pml:
-        raise ConfigError(f"LOSS.PML_KWARGS = {cfg.LOSS.PML_KWARGS!r} is for 'pml:' metric losses, but "
-                          f"MODEL.METRIC_LOSS_TYPE is {cfg.MODEL.METRIC_LOSS_TYPE!r}: clear it, or use LOSS.<NAME> keys")
+        raise ConfigError(
+            f"LOSS.PML_KWARGS = {cfg.LOSS.PML_KWARGS!r} is for 'pml:' metric losses, but "
+            f"MODEL.METRIC_LOSS_TYPE is {cfg.MODEL.METRIC_LOSS_TYPE!r}: clear it, or use LOSS.<NAME> keys"
+        )
     if cfg.LOSS.MINER_KWARGS.strip() and not cfg.LOSS.MINER:
-        raise ConfigError(f"LOSS.MINER_KWARGS = {cfg.LOSS.MINER_KWARGS!r} but LOSS.MINER is empty; set LOSS.MINER "
-                          "pml:<MinerClass> or clear LOSS.MINER_KWARGS")
+        raise ConfigError(
+            f"LOSS.MINER_KWARGS = {cfg.LOSS.MINER_KWARGS!r} but LOSS.MINER is empty; set LOSS.MINER "
+            "pml:<MinerClass> or clear LOSS.MINER_KWARGS"
+        )
     if cfg.LOSS.MINER and not uses_pml:
-        raise ConfigError(f"LOSS.MINER = {cfg.LOSS.MINER!r} feeds 'pml:' metric losses only; MODEL.METRIC_LOSS_TYPE "
-                          f"{cfg.MODEL.METRIC_LOSS_TYPE!r} does its own mining (or none): clear LOSS.MINER")
+        raise ConfigError(
+            f"LOSS.MINER = {cfg.LOSS.MINER!r} feeds 'pml:' metric losses only; MODEL.METRIC_LOSS_TYPE "
+            f"{cfg.MODEL.METRIC_LOSS_TYPE!r} does its own mining (or none): clear LOSS.MINER"
+        )
     cls_name = cfg.MODEL.CLS_LOSS_TYPE
     cls_term = None
     if cls_name != "none":
-        cls_term = _build_term("MODEL.CLS_LOSS_TYPE", cls_name, lambda: CLS_LOSSES[cls_name](cfg, num_classes, feat_dim))
+        cls_term = _build_term(
+            "MODEL.CLS_LOSS_TYPE", cls_name, lambda: CLS_LOSSES[cls_name](cfg, num_classes, feat_dim)
+        )
     if cls_term is None and not names:
         raise ConfigError("MODEL.CLS_LOSS_TYPE and MODEL.METRIC_LOSS_TYPE are both 'none': nothing would train")
     metric_terms = {term_key(n): build_metric_term(cfg, n, num_classes, feat_dim) for n in names}
-    weights = {term_key(n): cfg.SOLVER.CENTER_LOSS_WEIGHT if n == "center" else cfg.SOLVER.TRI_LOSS_WEIGHT
-               for n in names}
-    return CompositeLoss(cls_term, metric_terms, cfg.SOLVER.CLS_LOSS_WEIGHT, weights,
-                         norm_regularizer=_norm_regularizer(cfg), norm_regularizer_weight=cfg.SOLVER.MAG_G)
+    weights = {
+        term_key(n): cfg.SOLVER.CENTER_LOSS_WEIGHT if n == "center" else cfg.SOLVER.TRI_LOSS_WEIGHT for n in names
+    }
+    return CompositeLoss(
+        cls_term,
+        metric_terms,
+        cfg.SOLVER.CLS_LOSS_WEIGHT,
+        weights,
+        norm_regularizer=_norm_regularizer(cfg),
+        norm_regularizer_weight=cfg.SOLVER.MAG_G,
+    )
 
 
-__all__ = ["CLS_LOSSES", "METRIC_ALIASES", "METRIC_LOSSES", "CompositeLoss", "build_loss", "build_metric_term",
-           "metric_loss_names", "term_key"]
+__all__ = [
+    "CLS_LOSSES",
+    "METRIC_ALIASES",
+    "METRIC_LOSSES",
+    "CompositeLoss",
+    "build_loss",
+    "build_metric_term",
+    "metric_loss_names",
+    "term_key",
+]

@@ -35,7 +35,7 @@ class _ProxyProxyTerm(torch.autograd.Function):
             strip = (p_hat[start:stop] @ p_hat[start:].t()).exp_()
             strip.diagonal().zero_()  # (i, i): the proxy itself
             row_sum[start:stop] += strip.sum(1)
-            row_sum[stop:] += strip[:, stop - start:].sum(0)
+            row_sum[stop:] += strip[:, stop - start :].sum(0)
             strips.append(strip)
         # row_sum >= (C - 1) / e > 0 for C >= 2 (the caller skips C = 1)
         u = delta - margins + torch.log(row_sum)
@@ -58,7 +58,7 @@ class _ProxyProxyTerm(torch.autograd.Function):
                 stop = start + strip.shape[0]
                 w = (c[start:stop, None] + c[None, start:]).mul_(strip)
                 grad_p[start:stop].addmm_(w, p_hat[start:])
-                grad_p[stop:].addmm_(w[:, stop - start:].t(), p_hat[start:stop])
+                grad_p[stop:].addmm_(w[:, stop - start :].t(), p_hat[start:stop])
         return grad_p, grad_margins, None, None
 
 
@@ -93,9 +93,17 @@ class AMLoss(nn.Module):
     # symmetry saves most of the other half (55% of the matrix computed at C = 11,318)
     _pp_block: int = 1024
 
-    def __init__(self, num_classes: int, feat_dim: int, alpha_pos: float = 32.0, alpha_neg: float = 32.0,
-                 delta_neg: float = 0.1, margin_init: float = 0.1, pp_delta: float = 0.1,
-                 pp_weight: float = 1.0):
+    def __init__(
+        self,
+        num_classes: int,
+        feat_dim: int,
+        alpha_pos: float = 32.0,
+        alpha_neg: float = 32.0,
+        delta_neg: float = 0.1,
+        margin_init: float = 0.1,
+        pp_delta: float = 0.1,
+        pp_weight: float = 1.0,
+    ):
         super().__init__()
         check_sizes(num_classes, feat_dim)
         check_positive("alpha_pos", alpha_pos)
@@ -122,15 +130,19 @@ class AMLoss(nn.Module):
         proxies = self.proxies.to(dtype)
         margins = self.margins.to(dtype)
         x = F.normalize(feats.to(dtype), dim=1)
-        pos, neg, classes = proxy_anchor_terms(x, proxies, labels, self.alpha_pos, margins[labels],
-                                               self.alpha_neg, self.delta_neg)
+        pos, neg, classes = proxy_anchor_terms(
+            x, proxies, labels, self.alpha_pos, margins[labels], self.alpha_neg, self.delta_neg
+        )
         loss = pos + neg
         if self.pp_weight > 0 and self.num_classes > 1:
-            loss = loss + self.pp_weight * _ProxyProxyTerm.apply(F.normalize(proxies, dim=1), margins,
-                                                                 self.pp_delta, self._pp_block)
+            loss = loss + self.pp_weight * _ProxyProxyTerm.apply(
+                F.normalize(proxies, dim=1), margins, self.pp_delta, self._pp_block
+            )
         self.stats = {"avg_margin": self.margins.detach()[classes].float().mean()}
         return loss
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, alpha_pos={self.alpha_pos}, alpha_neg={self.alpha_neg}, "
-                f"delta_neg={self.delta_neg}, pp_delta={self.pp_delta}, pp_weight={self.pp_weight}")
+        return (
+            f"num_classes={self.num_classes}, alpha_pos={self.alpha_pos}, alpha_neg={self.alpha_neg}, "
+            f"delta_neg={self.delta_neg}, pp_delta={self.pp_delta}, pp_weight={self.pp_weight}"
+        )

@@ -10,8 +10,9 @@ from torch import nn
 from layers.loss_inputs import check_positive, cosine_similarities
 
 
-def anchor_softplus_lse(pos_logits: torch.Tensor, neg_logits: torch.Tensor,
-                        labels: torch.Tensor) -> torch.Tensor | None:
+def anchor_softplus_lse(
+    pos_logits: torch.Tensor, neg_logits: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor | None:
     """Mean over valid anchors i of softplus( LSE_{p in P_i} pos_logits[i, p] + LSE_{k in N_i} neg_logits[i, k] ).
 
     P_i: same label as i, i itself excluded by index; N_i: other labels. An anchor is valid when both are
@@ -33,16 +34,18 @@ def anchor_softplus_lse(pos_logits: torch.Tensor, neg_logits: torch.Tensor,
         dropped = ~valid[:, None]
         pos = pos | dropped
         neg = neg | dropped
-    lse = (pos_logits.masked_fill(~pos, float("-inf")).logsumexp(1)
-           + neg_logits.masked_fill(~neg, float("-inf")).logsumexp(1))
+    lse = pos_logits.masked_fill(~pos, float("-inf")).logsumexp(1) + neg_logits.masked_fill(
+        ~neg, float("-inf")
+    ).logsumexp(1)
     per_anchor = F.softplus(lse)
     if n_valid < n:
         return per_anchor.masked_fill(~valid, 0.0).sum() / n_valid
     return per_anchor.mean()
 
 
-def circle_pair_loss(feats: torch.Tensor, labels: torch.Tensor, margin: float, scale: float,
-                     weight_feats: torch.Tensor | None = None) -> torch.Tensor:
+def circle_pair_loss(
+    feats: torch.Tensor, labels: torch.Tensor, margin: float, scale: float, weight_feats: torch.Tensor | None = None
+) -> torch.Tensor:
     """The pairwise Circle loss of `CirclePairLoss` as a function.
 
     The self-paced weights a_p, a_n are constants for the gradient (the paper's definition). They are taken

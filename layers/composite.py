@@ -21,9 +21,15 @@ class CompositeLoss(nn.Module):
     form); g itself is logged as 'reg_loss'.
     """
 
-    def __init__(self, cls_term: nn.Module | None, metric_terms: dict[str, nn.Module] | nn.Module | None = None,
-                 cls_weight: float = 1.0, metric_weights: dict[str, float] | float = 1.0,
-                 norm_regularizer=None, norm_regularizer_weight: float = 0.0):
+    def __init__(
+        self,
+        cls_term: nn.Module | None,
+        metric_terms: dict[str, nn.Module] | nn.Module | None = None,
+        cls_weight: float = 1.0,
+        metric_weights: dict[str, float] | float = 1.0,
+        norm_regularizer=None,
+        norm_regularizer_weight: float = 0.0,
+    ):
         super().__init__()
         if isinstance(metric_terms, nn.Module) and not isinstance(metric_terms, nn.ModuleDict):
             metric_terms = {"metric": metric_terms}  # one unnamed term

@@ -83,9 +83,14 @@ def cosine_to_rows(a: torch.Tensor, proxies: torch.Tensor) -> tuple[torch.Tensor
     return (a @ proxies.t()).mul_(inv_norm), inv_norm
 
 
-def cosine_to_rows_backward(grad_scaled: torch.Tensor, a: torch.Tensor, proxies: torch.Tensor,
-                                inv_norm: torch.Tensor, out: torch.Tensor, needs_input_grad: tuple[bool, ...]
-                                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def cosine_to_rows_backward(
+    grad_scaled: torch.Tensor,
+    a: torch.Tensor,
+    proxies: torch.Tensor,
+    inv_norm: torch.Tensor,
+    out: torch.Tensor,
+    needs_input_grad: tuple[bool, ...],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Backward of cosine_to_rows, from Gs = dL/dout already divided by |p_j| (column-wise).
 
     For out_ij = a_i . p_j / |p_j|:  dL/da = Gs P,  dL/dp_j = (Gs^T a)_j - (sum_i Gs_ij out_ij) p_j / |p_j|,

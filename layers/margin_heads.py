@@ -59,8 +59,10 @@ class _CosineMarginHead(nn.Module):
         self.stats: dict[str, torch.Tensor] = {}
 
     def extra_repr(self) -> str:
-        return (f"feat_dim={self.feat_dim}, num_classes={self.num_classes}, scale={self.scale}, "
-                f"margin={self.margin}, label_smoothing={self.label_smoothing}")
+        return (
+            f"feat_dim={self.feat_dim}, num_classes={self.num_classes}, scale={self.scale}, "
+            f"margin={self.margin}, label_smoothing={self.label_smoothing}"
+        )
 
     def _margin_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -98,8 +100,9 @@ class ArcFaceHead(_CosineMarginHead):
     keeps the loss continuous.
     """
 
-    def __init__(self, feat_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.5,
-                 label_smoothing: float = 0.0):
+    def __init__(
+        self, feat_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.5, label_smoothing: float = 0.0
+    ):
         if not margin < math.pi / 2:
             raise ValueError(f"ArcFace margin is an angle in radians and must be < pi/2, got {margin!r}")
         super().__init__(feat_dim, num_classes, scale, margin, label_smoothing)
@@ -122,8 +125,9 @@ class CosFaceHead(_CosineMarginHead):
         L = -(1/n) sum_i sum_j q_ij log softmax(z_i)_j  (q: label smoothing, see the module docstring).
     """
 
-    def __init__(self, feat_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.35,
-                 label_smoothing: float = 0.0):
+    def __init__(
+        self, feat_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.35, label_smoothing: float = 0.0
+    ):
         super().__init__(feat_dim, num_classes, scale, margin, label_smoothing)
 
     def _margin_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -146,8 +150,10 @@ class NormSoftmaxHead(_CosineMarginHead):
         super().__init__(feat_dim, num_classes, scale, 0.0, label_smoothing)
 
     def extra_repr(self) -> str:
-        return (f"feat_dim={self.feat_dim}, num_classes={self.num_classes}, scale={self.scale}, "
-                f"label_smoothing={self.label_smoothing}")
+        return (
+            f"feat_dim={self.feat_dim}, num_classes={self.num_classes}, scale={self.scale}, "
+            f"label_smoothing={self.label_smoothing}"
+        )
 
     def _margin_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return logits
@@ -170,8 +176,9 @@ class CircleClsHead(_CosineMarginHead):
     which for eps = 0 is the paper's log(1 + sum_j exp(z_ij) exp(-z_iy)).
     """
 
-    def __init__(self, feat_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.25,
-                 label_smoothing: float = 0.0):
+    def __init__(
+        self, feat_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.25, label_smoothing: float = 0.0
+    ):
         if not margin < 1.0:
             raise ValueError(f"Circle margin must be in [0, 1), got {margin!r}")
         super().__init__(feat_dim, num_classes, scale, margin, label_smoothing)

@@ -10,8 +10,9 @@ from torch import nn
 from layers.loss_inputs import compute_dtype, cosine_similarities, pair_masks
 
 
-def multi_similarity_mining(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor,
-                            margin: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def multi_similarity_mining(
+    sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor, margin: float | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The Multi-Similarity miner: boolean n x n masks (pos_keep, neg_keep) of the informative pairs.
 
     Negative k of anchor i is kept if  s_ik + margin > min_{p in P_i} s_ip,
@@ -46,8 +47,14 @@ class MultiSimilarityLoss(nn.Module):
 
     stat_names: tuple[str, ...] = ("pos_pairs", "neg_pairs")
 
-    def __init__(self, pos_scale: float = 2.0, neg_scale: float = 40.0, thresh: float = 0.5,
-                 mining_margin: float = 0.1, coef: float = 2.0):
+    def __init__(
+        self,
+        pos_scale: float = 2.0,
+        neg_scale: float = 40.0,
+        thresh: float = 0.5,
+        mining_margin: float = 0.1,
+        coef: float = 2.0,
+    ):
         super().__init__()
         for name, value in (("pos_scale", pos_scale), ("neg_scale", neg_scale), ("coef", coef)):
             if not (math.isfinite(value) and value > 0):

@@ -47,15 +47,21 @@ def _pml():
 def available_losses() -> list[str]:
     """Names of the installed PML loss classes usable as MODEL.METRIC_LOSS_TYPE pml:<name>."""
     losses = _pml()[0]
-    return sorted(name for name, obj in vars(losses).items()
-                  if inspect.isclass(obj) and issubclass(obj, losses.BaseMetricLossFunction) and name not in _NOT_LOSSES)
+    return sorted(
+        name
+        for name, obj in vars(losses).items()
+        if inspect.isclass(obj) and issubclass(obj, losses.BaseMetricLossFunction) and name not in _NOT_LOSSES
+    )
 
 
 def available_miners() -> list[str]:
     """Names of the installed PML miner classes usable as LOSS.MINER pml:<name>."""
     miners = _pml()[1]
-    return sorted(name for name, obj in vars(miners).items()
-                  if inspect.isclass(obj) and issubclass(obj, miners.BaseMiner) and name not in _NOT_MINERS)
+    return sorted(
+        name
+        for name, obj in vars(miners).items()
+        if inspect.isclass(obj) and issubclass(obj, miners.BaseMiner) and name not in _NOT_MINERS
+    )
 
 
 def _helper_classes() -> dict[str, type]:
@@ -86,16 +92,23 @@ def _build_value(key: str, name: str, value: Any) -> Any:
     spec, kwargs = None, {}
     if isinstance(value, str) and value.startswith(PREFIX):
         spec = value
-    elif (isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str)
-          and value[0].startswith(PREFIX) and isinstance(value[1], dict)):
+    elif (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and value[0].startswith(PREFIX)
+        and isinstance(value[1], dict)
+    ):
         spec, kwargs = value
     if spec is None:
         return value
     classes = _helper_classes()
-    class_name = spec[len(PREFIX):]
+    class_name = spec[len(PREFIX) :]
     if class_name not in classes:
-        raise ConfigError(f"{key}: '{name}': {spec!r} is not a pytorch-metric-learning distance, reducer or "
-                          f"regularizer; available: {', '.join(sorted(classes))}")
+        raise ConfigError(
+            f"{key}: '{name}': {spec!r} is not a pytorch-metric-learning distance, reducer or "
+            f"regularizer; available: {', '.join(sorted(classes))}"
+        )
     return _construct(classes[class_name], kwargs, f"{key} ('{name}')")
 
 
@@ -104,15 +117,19 @@ def _construct(cls: type, kwargs: dict, where: str) -> Any:
         return cls(**kwargs)
     except (TypeError, ValueError, AssertionError) as err:
         params = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
-        raise ConfigError(f"{where}: {cls.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed: "
-                          f"{err}; its parameters: {', '.join(params) or 'none'}") from None
+        raise ConfigError(
+            f"{where}: {cls.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed: "
+            f"{err}; its parameters: {', '.join(params) or 'none'}"
+        ) from None
 
 
 def _lookup(kind: str, key: str, value: str, names: list[str]) -> str:
-    name = value[len(PREFIX):] if value.startswith(PREFIX) else value
+    name = value[len(PREFIX) :] if value.startswith(PREFIX) else value
     if name not in names:
-        raise ConfigError(f"{key} = {value!r}: no pytorch-metric-learning {kind} of that name; available: "
-                          f"{', '.join(PREFIX + n for n in names)}")
+        raise ConfigError(
+            f"{key} = {value!r}: no pytorch-metric-learning {kind} of that name; available: "
+            f"{', '.join(PREFIX + n for n in names)}"
+        )
     return name
 
 
@@ -134,8 +151,10 @@ def build_pml_miner(spec: str, kwargs_text: str) -> nn.Module:
     """The PML miner of LOSS.MINER 'pml:<MinerClass>' with LOSS.MINER_KWARGS."""
     miners = _pml()[1]
     if not spec.startswith(PREFIX):
-        raise ConfigError(f"LOSS.MINER = {spec!r}; expected '' or 'pml:<MinerClass>', one of: "
-                          f"{', '.join(PREFIX + n for n in available_miners())}")
+        raise ConfigError(
+            f"LOSS.MINER = {spec!r}; expected '' or 'pml:<MinerClass>', one of: "
+            f"{', '.join(PREFIX + n for n in available_miners())}"
+        )
     name = _lookup("miner", "LOSS.MINER", spec, available_miners())
     kwargs = parse_kwargs("LOSS.MINER_KWARGS", kwargs_text)
     return _construct(getattr(miners, name), kwargs, f"LOSS.MINER {spec} with LOSS.MINER_KWARGS")

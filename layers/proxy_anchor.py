@@ -53,8 +53,9 @@ class _ProxyAnchorNegatives(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, proxies: torch.Tensor, labels: torch.Tensor, alpha: float,
-                delta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        ctx, x: torch.Tensor, proxies: torch.Tensor, labels: torch.Tensor, alpha: float, delta: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         num_classes = proxies.shape[0]
         rows = torch.arange(x.shape[0], device=x.device)
         cos, inv_norm = cosine_to_rows(x, proxies)
@@ -79,8 +80,9 @@ class _ProxyAnchorNegatives(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_neg: torch.Tensor, grad_pos: torch.Tensor
-                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None]:
+    def backward(
+        ctx, grad_neg: torch.Tensor, grad_pos: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None]:
         x, proxies, labels, inv_norm, cos, expo, weight = ctx.saved_tensors
         rows = torch.arange(x.shape[0], device=x.device)
         # dL/ds scaled by 1/|p_j| for cosine_to_rows_backward; own-class entries of expo are 0, so the
@@ -92,9 +94,15 @@ class _ProxyAnchorNegatives(torch.autograd.Function):
         return grad_x, grad_p, None, None, None
 
 
-def proxy_anchor_terms(x: torch.Tensor, proxies: torch.Tensor, labels: torch.Tensor, alpha_pos: float,
-                       margin_pos: float | torch.Tensor, alpha_neg: float, delta_neg: float
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def proxy_anchor_terms(
+    x: torch.Tensor,
+    proxies: torch.Tensor,
+    labels: torch.Tensor,
+    alpha_pos: float,
+    margin_pos: float | torch.Tensor,
+    alpha_neg: float,
+    delta_neg: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The two sides of Proxy Anchor from normalised features x and raw proxies (s = cosine similarity):
 
     pos = (1/|P+|) sum_{p in P+} log(1 + sum_{x in X_p+} e^{-alpha_pos (s(x,p) - margin_p)})
@@ -149,8 +157,9 @@ class ProxyAnchorLoss(nn.Module):
             return feats.sum() * 0.0
         dtype = loss_dtype(feats)
         x = F.normalize(feats.to(dtype), dim=1)
-        pos, neg, _ = proxy_anchor_terms(x, self.proxies.to(dtype), labels, self.alpha, self.delta, self.alpha,
-                                         self.delta)
+        pos, neg, _ = proxy_anchor_terms(
+            x, self.proxies.to(dtype), labels, self.alpha, self.delta, self.alpha, self.delta
+        )
         return pos + neg
 
     def extra_repr(self) -> str:

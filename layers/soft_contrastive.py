@@ -13,22 +13,34 @@ from layers.loss_inputs import compute_dtype, cosine_similarities, pair_masks
 MINING_MODES = ("asms", "at_asms", "none")
 
 
-def _row_extremes(sim: torch.Tensor, pos_mask: torch.Tensor,
-                  neg_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _row_extremes(
+    sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(min_{p in P_i} s_ip, max_{k in N_i} s_ik) as n x 1 columns; +inf / -inf for an empty side."""
     min_pos = sim.masked_fill(~pos_mask, float("inf")).amin(1, keepdim=True)
     max_neg = sim.masked_fill(~neg_mask, float("-inf")).amax(1, keepdim=True)
     return min_pos, max_neg
 
 
-def _mine(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor, min_pos: torch.Tensor,
-          max_neg: torch.Tensor, g_pos: float | torch.Tensor,
-          g_neg: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _mine(
+    sim: torch.Tensor,
+    pos_mask: torch.Tensor,
+    neg_mask: torch.Tensor,
+    min_pos: torch.Tensor,
+    max_neg: torch.Tensor,
+    g_pos: float | torch.Tensor,
+    g_neg: float | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     return pos_mask & (sim < max_neg + g_pos), neg_mask & (sim > min_pos - g_neg)
 
 
-def asms_mining(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor, g_pos: float | torch.Tensor,
-                g_neg: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def asms_mining(
+    sim: torch.Tensor,
+    pos_mask: torch.Tensor,
+    neg_mask: torch.Tensor,
+    g_pos: float | torch.Tensor,
+    g_neg: float | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Asymmetric sample mining (DDTAS): boolean n x n masks (pos_keep, neg_keep).
 
     Positive p of anchor i is kept if  s_ip < max_{k in N_i} s_ik + g_pos,
@@ -40,8 +52,9 @@ def asms_mining(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tenso
     return _mine(sim, pos_mask, neg_mask, min_pos, max_neg, g_pos, g_neg)
 
 
-def _at_asms_from_extremes(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor,
-                           min_pos: torch.Tensor, margin: float) -> tuple[torch.Tensor, ...]:
+def _at_asms_from_extremes(
+    sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor, min_pos: torch.Tensor, margin: float
+) -> tuple[torch.Tensor, ...]:
     # A counts the negatives a symmetric first pass (tolerance m) would keep, over all anchors
     mined_neg = (neg_mask & (sim > min_pos - margin)).sum(dtype=sim.dtype)
     all_pos = pos_mask.sum(dtype=sim.dtype)
@@ -54,8 +67,9 @@ def _at_asms_from_extremes(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: 
     return g_pos, g_neg, r, tau
 
 
-def at_asms_tolerances(sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor,
-                       margin: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def at_asms_tolerances(
+    sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor, margin: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Adaptive tolerances of AT-ASMS (DDTAS), as 0-d tensors (g_pos, g_neg, r, tau).
 
     A = number of negatives kept by a first pass with tolerance m on both sides (s_ik > min P_i - m, all
@@ -88,8 +102,14 @@ class SoftContrastiveLoss(nn.Module):
 
     stat_names: tuple[str, ...] = ("r", "tau", "g_pos", "g_neg")
 
-    def __init__(self, pos_scale: float = 2.0, neg_scale: float = 40.0, thresh: float = 0.7,
-                 mining: str = "at_asms", margin: float = 0.1):
+    def __init__(
+        self,
+        pos_scale: float = 2.0,
+        neg_scale: float = 40.0,
+        thresh: float = 0.7,
+        mining: str = "at_asms",
+        margin: float = 0.1,
+    ):
         super().__init__()
         for name, value in (("pos_scale", pos_scale), ("neg_scale", neg_scale)):
             if not (math.isfinite(value) and value > 0):
@@ -104,8 +124,9 @@ class SoftContrastiveLoss(nn.Module):
         self.mining, self.margin = mining, float(margin)
         self.stats: dict[str, torch.Tensor] = {}
 
-    def _select(self, sim: torch.Tensor, pos_mask: torch.Tensor,
-                neg_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    def _select(
+        self, sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
         """(pos_keep, neg_keep, (r, tau, g_pos, g_neg)) for the configured mining mode."""
         if self.mining == "none":
             zero = sim.new_zeros(())

@@ -176,8 +176,15 @@ class UcClsHead(nn.Module):
     needs_uc = True
     stat_names: tuple[str, ...] = ("avg_margin",)
 
-    def __init__(self, feat_dim: int, num_classes: int, scale: float = 16.0, margin: float = 0.0,
-                 form: str = "angle", label_smoothing: float = 0.0):
+    def __init__(
+        self,
+        feat_dim: int,
+        num_classes: int,
+        scale: float = 16.0,
+        margin: float = 0.0,
+        form: str = "angle",
+        label_smoothing: float = 0.0,
+    ):
         super().__init__()
         if isinstance(feat_dim, bool) or not isinstance(feat_dim, int) or feat_dim < 1:
             raise ValueError(f"feat_dim must be a positive integer, got {feat_dim!r}")
@@ -196,11 +203,14 @@ class UcClsHead(nn.Module):
         self.stats: dict[str, torch.Tensor] = {}
 
     def extra_repr(self) -> str:
-        return (f"feat_dim={self.feat_dim}, num_classes={self.num_classes}, scale={self.scale}, "
-                f"margin={self.margin}, form={self.form!r}, label_smoothing={self.label_smoothing}")
+        return (
+            f"feat_dim={self.feat_dim}, num_classes={self.num_classes}, scale={self.scale}, "
+            f"margin={self.margin}, form={self.form!r}, label_smoothing={self.label_smoothing}"
+        )
 
-    def forward(self, feats: torch.Tensor, labels: torch.Tensor,
-                uc: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, feats: torch.Tensor, labels: torch.Tensor, uc: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = loss_dtype(feats)
         s, m = self.scale, self.margin
         with torch.autocast(device_type=feats.device.type, enabled=False):
@@ -220,8 +230,7 @@ class UcClsHead(nn.Module):
             else:
                 theta = torch.acos(cos.clamp(-1.0 + _ACOS_EPS, 1.0 - _ACOS_EPS))
                 if self.form == "angle":
-                    z = (s * (math.pi / 2 - theta + u[:, None])).scatter_add(
-                        1, idx, (-s * (2.0 * u - m))[:, None])
+                    z = (s * (math.pi / 2 - theta + u[:, None])).scatter_add(1, idx, (-s * (2.0 * u - m))[:, None])
                 else:
                     target = s * torch.cos(theta.gather(1, idx) + (u + m)[:, None])
                     z = (s * torch.cos(theta - u[:, None])).scatter(1, idx, target)

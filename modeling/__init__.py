@@ -41,10 +41,17 @@ def build_model(cfg, load_pretrained: bool = True) -> Embedder:
     check_choice("MODEL.BN_FREEZE", cfg.MODEL.BN_FREEZE, ("yes", "no"))
     if cfg.MODEL.EMBEDDING_DIM < 0:
         raise ConfigError(f"MODEL.EMBEDDING_DIM = {cfg.MODEL.EMBEDDING_DIM}; expected 0 (no embedding layer) or a size")
-    model = Embedder(build_backbone(cfg), neck=cfg.MODEL.NECK, pre_bn=arch.pre_bn,
-                     uc_head=build_uncertainty_head(cfg, arch), uc_input=arch.head_input,
-                     pooling=build_pooling(cfg.MODEL.POOLING, cfg.MODEL.GEM_P), embedding_dim=cfg.MODEL.EMBEDDING_DIM,
-                     embedding_norm=cfg.MODEL.EMBEDDING_NORM == "yes", freeze_bn=cfg.MODEL.BN_FREEZE == "yes")
+    model = Embedder(
+        build_backbone(cfg),
+        neck=cfg.MODEL.NECK,
+        pre_bn=arch.pre_bn,
+        uc_head=build_uncertainty_head(cfg, arch),
+        uc_input=arch.head_input,
+        pooling=build_pooling(cfg.MODEL.POOLING, cfg.MODEL.GEM_P),
+        embedding_dim=cfg.MODEL.EMBEDDING_DIM,
+        embedding_norm=cfg.MODEL.EMBEDDING_NORM == "yes",
+        freeze_bn=cfg.MODEL.BN_FREEZE == "yes",
+    )
     if not load_pretrained:
         return model
     if cfg.MODEL.PRETRAIN_CHOICE == "imagenet":

@@ -57,5 +57,10 @@ def parse_arch(text: str) -> Arch:
             f"MODEL.ARCH = {text!r}: {problem}; expected one of {', '.join(BASES)} optionally followed by "
             f"'-'-joined tokens {', '.join(TOKENS)}, e.g. {', '.join(EXAMPLES)}"
         )
-    return Arch(name=str(text), classification_only=base.startswith("cls"), uncertainty=base.endswith("uc"),
-                pre_bn="bn" in tokens, margin_form=form_tokens[0] if form_tokens else "angle")
+    return Arch(
+        name=str(text),
+        classification_only=base.startswith("cls"),
+        uncertainty=base.endswith("uc"),
+        pre_bn="bn" in tokens,
+        margin_form=form_tokens[0] if form_tokens else "angle",
+    )

@@ -39,9 +39,18 @@ class Embedder(nn.Module):
     layer (seed 004's --warm epochs).
     """
 
-    def __init__(self, backbone: nn.Module, neck: str = "bnneck", pre_bn: bool = False,
-                 uc_head: nn.Module | None = None, uc_input: str = "feat", pooling: nn.Module | None = None,
-                 embedding_dim: int = 0, embedding_norm: bool = False, freeze_bn: bool = False):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        neck: str = "bnneck",
+        pre_bn: bool = False,
+        uc_head: nn.Module | None = None,
+        uc_input: str = "feat",
+        pooling: nn.Module | None = None,
+        embedding_dim: int = 0,
+        embedding_norm: bool = False,
+        freeze_bn: bool = False,
+    ):
         super().__init__()
         self.backbone = backbone
         self.pool = pooling if pooling is not None else build_pooling("avg")
@@ -67,7 +76,7 @@ class Embedder(nn.Module):
     def _backbone_batchnorms(self) -> list[nn.Module]:
         return [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
-    def train(self, mode: bool = True) -> "Embedder":
+    def train(self, mode: bool = True) -> Embedder:
         super().train(mode)
         if mode and self.freeze_bn:
             for module in self._backbone_batchnorms():

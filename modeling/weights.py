@@ -30,7 +30,7 @@ def read_weights_file(path: str | Path, what: str = "weights file") -> dict:
 
 def _strip_prefix(state: dict, prefix: str) -> dict:
     if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
+        return {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -97,7 +97,9 @@ def model_state_from_checkpoint(path: str | Path, key: str = "checkpoint") -> di
     content = read_weights_file(path, key)
     if isinstance(content, dict) and isinstance(content.get("model"), dict):
         return content["model"]
-    raise UserError(f"{key} {path} is not a checkpoint of this engine (no 'model' entry); expected a .pt written by train.py")
+    raise UserError(
+        f"{key} {path} is not a checkpoint of this engine (no 'model' entry); expected a .pt written by train.py"
+    )
 
 
 def load_model_checkpoint(model: nn.Module, path: str | Path, key: str) -> None:

@@ -6,5 +6,12 @@ from solver.build import Solver, build_scheduler, build_solver
 from solver.lr_scheduler import WarmupMultiStepLR
 from solver.optimizer import build_optimizer, loss_parameter_role, parameter_groups
 
-__all__ = ["Solver", "WarmupMultiStepLR", "build_optimizer", "build_scheduler", "build_solver",
-           "loss_parameter_role", "parameter_groups"]
+__all__ = [
+    "Solver",
+    "WarmupMultiStepLR",
+    "build_optimizer",
+    "build_scheduler",
+    "build_solver",
+    "loss_parameter_role",
+    "parameter_groups",
+]

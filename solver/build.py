@@ -22,8 +22,13 @@ from solver.optimizer import build_optimizer, loss_parameter_role
 class Solver:
     """Optimizers and their epoch schedulers by name; 'main' always exists."""
 
-    def __init__(self, optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, LRScheduler],
-                 grad_factors: dict[str, float] | None = None, grad_clip: float = 0.0):
+    def __init__(
+        self,
+        optimizers: dict[str, torch.optim.Optimizer],
+        schedulers: dict[str, LRScheduler],
+        grad_factors: dict[str, float] | None = None,
+        grad_clip: float = 0.0,
+    ):
         if "main" not in optimizers:
             raise ValueError("a solver needs a 'main' optimizer")
         self.optimizers = optimizers
@@ -71,8 +76,10 @@ class Solver:
         return rates
 
     def state_dict(self) -> dict:
-        return {"optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()}}
+        return {
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for kind, objects in (("optimizers", self.optimizers), ("schedulers", self.schedulers)):
@@ -109,9 +116,12 @@ def build_solver(cfg, model: nn.Module, criterion: nn.Module) -> Solver:
     if margins:
         a = cfg.LOSS.AMLOSS
         if a.MARGIN_DECAY_STEP <= 0:
-            raise ConfigError(f"LOSS.AMLOSS.MARGIN_DECAY_STEP = {a.MARGIN_DECAY_STEP}; expected a positive number of epochs")
-        optimizers["margins"] = torch.optim.AdamW([{"params": margins, "name": "margins"}], lr=a.MARGIN_LR,
-                                                  weight_decay=a.MARGIN_WEIGHT_DECAY)
+            raise ConfigError(
+                f"LOSS.AMLOSS.MARGIN_DECAY_STEP = {a.MARGIN_DECAY_STEP}; expected a positive number of epochs"
+            )
+        optimizers["margins"] = torch.optim.AdamW(
+            [{"params": margins, "name": "margins"}], lr=a.MARGIN_LR, weight_decay=a.MARGIN_WEIGHT_DECAY
+        )
         schedulers["margins"] = StepLR(optimizers["margins"], step_size=a.MARGIN_DECAY_STEP, gamma=a.MARGIN_DECAY_GAMMA)
     centers = _own_parameters(criterion, "centers")
     if centers:

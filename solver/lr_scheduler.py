@@ -17,8 +17,16 @@ class WarmupMultiStepLR(LRScheduler):
     and w(e) = 1 from epoch W on (f = warmup_factor). Step it once at the end of every epoch.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, steps, gamma: float = 0.1, warmup_factor: float = 0.01,
-                 warmup_epochs: int = 10, warmup_method: str = "linear", last_epoch: int = -1):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        steps,
+        gamma: float = 0.1,
+        warmup_factor: float = 0.01,
+        warmup_epochs: int = 10,
+        warmup_method: str = "linear",
+        last_epoch: int = -1,
+    ):
         check_choice("SOLVER.WARMUP_METHOD", warmup_method, ("linear", "constant"))
         self.steps = list(steps)
         self.gamma = gamma

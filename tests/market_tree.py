@@ -65,9 +65,16 @@ def _write_jpeg(path: Path, colour, size, rng: np.random.Generator, noise: int =
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB").save(path, format="JPEG", quality=95)
 
 
-def make_market_tree(root, train_ids: int = 6, test_ids: int = 5, images_per_id: int = 4, cameras: int = 3,
-                     size: tuple[int, int] = (32, 16), seed: int = 0,
-                     folder_name: str = "market1501") -> dict:
+def make_market_tree(
+    root,
+    train_ids: int = 6,
+    test_ids: int = 5,
+    images_per_id: int = 4,
+    cameras: int = 3,
+    size: tuple[int, int] = (32, 16),
+    seed: int = 0,
+    folder_name: str = "market1501",
+) -> dict:
     """Write a Market-1501-style tree under ``root/folder_name`` and return its expected counts (see module doc).
 
     `folder_name` may be "Market-1501-v15.09.15" (the other name the loader accepts).

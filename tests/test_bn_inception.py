@@ -85,7 +85,9 @@ def test_attributes_and_layer_settings(net):
     assert len(bns) == 69 and all(m.eps == 1e-5 and m.momentum == 0.1 and m.affine for m in bns)
     pools = [m for m in net.modules() if isinstance(m, (torch.nn.MaxPool2d, torch.nn.AvgPool2d))]
     assert len(pools) == 2 + len(BLOCK_NAMES) and all(m.ceil_mode for m in pools)
-    assert isinstance(net.inception_3a_pool, torch.nn.AvgPool2d) and isinstance(net.inception_5a_pool, torch.nn.AvgPool2d)
+    assert isinstance(net.inception_3a_pool, torch.nn.AvgPool2d) and isinstance(
+        net.inception_5a_pool, torch.nn.AvgPool2d
+    )
     assert isinstance(net.inception_5b_pool, torch.nn.MaxPool2d) and net.inception_5b_pool.stride == 1
     assert isinstance(net.inception_3c_pool, torch.nn.MaxPool2d) and net.inception_3c_pool.stride == 2
 
@@ -111,8 +113,15 @@ def _conv_bn_relu(state: dict, name: str, x: torch.Tensor, stride: int = 1) -> t
     weight = state[f"{name}.weight"]
     x = F.conv2d(x, weight, state[f"{name}.bias"], stride=stride, padding=weight.shape[-1] // 2)
     bn = f"{name}_bn"
-    x = F.batch_norm(x, state[f"{bn}.running_mean"], state[f"{bn}.running_var"], state[f"{bn}.weight"],
-                     state[f"{bn}.bias"], training=False, eps=1e-5)
+    x = F.batch_norm(
+        x,
+        state[f"{bn}.running_mean"],
+        state[f"{bn}.running_var"],
+        state[f"{bn}.weight"],
+        state[f"{bn}.bias"],
+        training=False,
+        eps=1e-5,
+    )
     return F.relu(x)
 
 
@@ -146,7 +155,7 @@ def test_forward_matches_the_caffe_wiring_reference(net):
     model = BNInception().eval()
     with torch.no_grad():
         # non-trivial BatchNorm statistics and affine terms, so that a swapped BN or branch shows
-        for name, module in model.named_modules():
+        for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 2.0)
@@ -228,8 +237,19 @@ def test_resnet_file_in_torchvision_format(tmp_path):
     # files written before num_batches_tracked existed load as well (the module keeps its own counters)
     old_style = {k: v for k, v in state.items() if not k.endswith(".num_batches_tracked")}
     torch.save(old_style, tmp_path / "old.pth")
-    model = build_model(load_config(None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "imagenet",
-                                           "MODEL.PRETRAIN_PATH", str(tmp_path / "old.pth")]))
+    model = build_model(
+        load_config(
+            None,
+            [
+                "MODEL.NAME",
+                "resnet18",
+                "MODEL.PRETRAIN_CHOICE",
+                "imagenet",
+                "MODEL.PRETRAIN_PATH",
+                str(tmp_path / "old.pth"),
+            ],
+        )
+    )
     assert torch.equal(model.backbone.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
     assert not any(k.startswith("fc.") for k in model.backbone.state_dict())  # fc.* dropped from the file
     broken = dict(state)
@@ -237,8 +257,19 @@ def test_resnet_file_in_torchvision_format(tmp_path):
     del broken["layer2.1.bn1.bias"]
     torch.save(broken, tmp_path / "broken.pth")
     with pytest.raises(WeightsMismatchError) as excinfo:
-        build_model(load_config(None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "imagenet",
-                                       "MODEL.PRETRAIN_PATH", str(tmp_path / "broken.pth")]))
+        build_model(
+            load_config(
+                None,
+                [
+                    "MODEL.NAME",
+                    "resnet18",
+                    "MODEL.PRETRAIN_CHOICE",
+                    "imagenet",
+                    "MODEL.PRETRAIN_PATH",
+                    str(tmp_path / "broken.pth"),
+                ],
+            )
+        )
     message = str(excinfo.value)
     assert "missing: layer2.1.bn1.bias" in message
     assert "wrong shape: layer1.0.conv1.weight (64, 64, 1, 1) vs (64, 64, 3, 3) expected" in message
@@ -253,11 +284,27 @@ def test_cli_exits_2_with_one_line_for_a_mismatching_file(synthetic_file, tmp_pa
     runs = {"bn_inception": bn_file, "resnet18": tmp_path / "resnet_broken.pth"}
     procs = {}
     for name, path in runs.items():  # both at once: each is mostly the interpreter's start-up
-        opts = ["MODEL.NAME", name, "MODEL.PRETRAIN_CHOICE", "imagenet", "MODEL.PRETRAIN_PATH", str(path),
-                "DATASETS.ROOT_DIR", str(tmp_path / "data"), "INPUT.SIZE_TRAIN", "[32, 16]",
-                "INPUT.SIZE_TEST", "[32, 16]", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path / name)]
-        procs[name] = subprocess.Popen([sys.executable, "train.py", *opts], cwd=ROOT, stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True)
+        opts = [
+            "MODEL.NAME",
+            name,
+            "MODEL.PRETRAIN_CHOICE",
+            "imagenet",
+            "MODEL.PRETRAIN_PATH",
+            str(path),
+            "DATASETS.ROOT_DIR",
+            str(tmp_path / "data"),
+            "INPUT.SIZE_TRAIN",
+            "[32, 16]",
+            "INPUT.SIZE_TEST",
+            "[32, 16]",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "OUTPUT_DIR",
+            str(tmp_path / name),
+        ]
+        procs[name] = subprocess.Popen(
+            [sys.executable, "train.py", *opts], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     for name, proc in procs.items():
         _, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 2, stderr
@@ -284,9 +331,24 @@ def _solid(colour, size=(40, 24)) -> Image.Image:
 @pytest.mark.parametrize("is_train", [True, False])
 def test_known_pixel_goes_to_bgr_255_minus_mean(transform, is_train):
     # PIXEL_MEAN / STD set to odd values: the BN-Inception convention must ignore them
-    cfg = _cfg("INPUT.TRANSFORM", transform, "INPUT.PADDING", "0", "INPUT.RE_PROB", "0",
-               "INPUT.SIZE_TRAIN", "[32, 16]", "INPUT.SIZE_TEST", "[32, 16]", "INPUT.RESIZE_TEST", "36",
-               "INPUT.PIXEL_MEAN", "[0.1, 0.2, 0.3]", "INPUT.PIXEL_STD", "[0.5, 0.5, 0.5]")
+    cfg = _cfg(
+        "INPUT.TRANSFORM",
+        transform,
+        "INPUT.PADDING",
+        "0",
+        "INPUT.RE_PROB",
+        "0",
+        "INPUT.SIZE_TRAIN",
+        "[32, 16]",
+        "INPUT.SIZE_TEST",
+        "[32, 16]",
+        "INPUT.RESIZE_TEST",
+        "36",
+        "INPUT.PIXEL_MEAN",
+        "[0.1, 0.2, 0.3]",
+        "INPUT.PIXEL_STD",
+        "[0.5, 0.5, 0.5]",
+    )
     out = build_transforms(cfg, is_train=is_train)(_solid(RGB))
     assert out.shape == (3, 32, 16) and out.dtype == torch.float32
     expected = torch.tensor(EXPECTED_BGR, dtype=torch.float32).view(3, 1, 1).expand_as(out)
@@ -316,8 +378,9 @@ def test_mean_colour_is_zero_and_random_erasing_fills_the_mean():
     erased = (out == 0).all(dim=0)
     assert erased.any() and not erased.all()  # the erased patch is exactly the mean (0)
     untouched = out[:, ~erased]
-    torch.testing.assert_close(untouched, torch.tensor(EXPECTED_BGR, dtype=torch.float32)[:, None].expand_as(untouched),
-                               rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        untouched, torch.tensor(EXPECTED_BGR, dtype=torch.float32)[:, None].expand_as(untouched), rtol=0, atol=1e-4
+    )
 
 
 def test_real_image_round_trip():

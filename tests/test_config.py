@@ -12,12 +12,37 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_seed_command_line_values_parse_as_the_seed_expects():
-    cfg = load_config(ROOT / "configs/softmax_triplet.yml", [
-        "SOLVER.IMS_PER_BATCH", "(120)", "DATALOADER.NUM_INSTANCE", "(10)", "SOLVER.STEPS", "60, 120",
-        "SOLVER.TRI_LOSS_WEIGHT", "1", "DATASETS.COMBINE_ALL", "False", "SOLVER.WARMUP_ITERS", "20",
-        "TEST.NECK_FEAT", "after", "SOLVER.WEIGHT_DECAY", "5e-4", "SOLVER.MARGIN", "0.2", "SEED", "42",
-        "INPUT.SIZE_TRAIN", "[384, 192]", "MODEL.NAME", "resnet50", "DATASETS.NAMES", "market1501",
-    ])
+    cfg = load_config(
+        ROOT / "configs/softmax_triplet.yml",
+        [
+            "SOLVER.IMS_PER_BATCH",
+            "(120)",
+            "DATALOADER.NUM_INSTANCE",
+            "(10)",
+            "SOLVER.STEPS",
+            "60, 120",
+            "SOLVER.TRI_LOSS_WEIGHT",
+            "1",
+            "DATASETS.COMBINE_ALL",
+            "False",
+            "SOLVER.WARMUP_ITERS",
+            "20",
+            "TEST.NECK_FEAT",
+            "after",
+            "SOLVER.WEIGHT_DECAY",
+            "5e-4",
+            "SOLVER.MARGIN",
+            "0.2",
+            "SEED",
+            "42",
+            "INPUT.SIZE_TRAIN",
+            "[384, 192]",
+            "MODEL.NAME",
+            "resnet50",
+            "DATASETS.NAMES",
+            "market1501",
+        ],
+    )
     assert cfg.SOLVER.IMS_PER_BATCH == 120 and cfg.DATALOADER.NUM_INSTANCE == 10
     assert cfg.SOLVER.STEPS == (60, 120)
     assert cfg.SOLVER.TRI_LOSS_WEIGHT == 1.0 and isinstance(cfg.SOLVER.TRI_LOSS_WEIGHT, float)
@@ -41,16 +66,19 @@ def test_yaml_file_merges_and_unquoted_yes_on_become_words(tmp_path):
     assert cfg.SOLVER.STEPS == (5, 9) and cfg.SOLVER.BASE_LR == 0.5  # pairs win over the file
 
 
-@pytest.mark.parametrize("opts, words", [
-    (["SOLVER.BASE_LRR", "0.1"], ["SOLVER.BASE_LRR", "SOLVER.BASE_LR"]),
-    (["NOPE.KEY", "1"], ["NOPE.KEY"]),
-    (["SOLVER.MAX_EPOCHS", "ten"], ["SOLVER.MAX_EPOCHS", "integer"]),
-    (["SOLVER.MAX_EPOCHS", "1.5"], ["SOLVER.MAX_EPOCHS"]),
-    (["DATASETS.COMBINE_ALL", "maybe"], ["DATASETS.COMBINE_ALL", "True or False"]),
-    (["INPUT.SIZE_TRAIN", "[256]"], ["INPUT.SIZE_TRAIN", "height, width"]),
-    (["SOLVER.IMS_PER_BATCH", "30", "DATALOADER.NUM_INSTANCE", "4"], ["SOLVER.IMS_PER_BATCH", "NUM_INSTANCE"]),
-    (["SOLVER.STEPS"], ["SOLVER.STEPS", "no value"]),
-])
+@pytest.mark.parametrize(
+    "opts, words",
+    [
+        (["SOLVER.BASE_LRR", "0.1"], ["SOLVER.BASE_LRR", "SOLVER.BASE_LR"]),
+        (["NOPE.KEY", "1"], ["NOPE.KEY"]),
+        (["SOLVER.MAX_EPOCHS", "ten"], ["SOLVER.MAX_EPOCHS", "integer"]),
+        (["SOLVER.MAX_EPOCHS", "1.5"], ["SOLVER.MAX_EPOCHS"]),
+        (["DATASETS.COMBINE_ALL", "maybe"], ["DATASETS.COMBINE_ALL", "True or False"]),
+        (["INPUT.SIZE_TRAIN", "[256]"], ["INPUT.SIZE_TRAIN", "height, width"]),
+        (["SOLVER.IMS_PER_BATCH", "30", "DATALOADER.NUM_INSTANCE", "4"], ["SOLVER.IMS_PER_BATCH", "NUM_INSTANCE"]),
+        (["SOLVER.STEPS"], ["SOLVER.STEPS", "no value"]),
+    ],
+)
 def test_bad_keys_and_values_name_the_key(opts, words):
     with pytest.raises(ConfigError) as err:
         load_config(None, opts)
@@ -74,8 +102,9 @@ def test_changed_keys_lists_only_differences():
 
 @pytest.mark.parametrize("script", ["train.py", "test.py"])
 def test_entry_points_exit_with_one_line_naming_the_key(script, tmp_path):
-    proc = subprocess.run([sys.executable, script, "SOLVER.BASE_LRR", "0.1"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, script, "SOLVER.BASE_LRR", "0.1"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "SOLVER.BASE_LRR" in proc.stderr and "Traceback" not in proc.stderr

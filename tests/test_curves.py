@@ -50,25 +50,55 @@ def _write_lines(path: Path, records: list, extra: tuple[str, ...] = ()) -> None
 
 def _train_record(epoch: int) -> dict:
     lr = 3.5e-4 * min(1.0, epoch / 4)
-    return {"epoch": epoch, "iteration": 20 * epoch,
-            "lr": {"backbone": lr, "bias": lr, "proxy": 100 * lr, "margins/margins": 1e-4},
-            "loss": 3.0 / epoch + 0.5, "cls_loss": 2.0 / epoch + 0.2, "acc": 1 - 0.8 / epoch,
-            "triplet_loss": 0.5 / epoch + 0.1, "center_loss": 12.0 / epoch, "soft_contrastive_r": 1.7 + 0.01 * epoch,
-            "reg_loss": 0.1, "seconds_per_batch": 0.21}
+    return {
+        "epoch": epoch,
+        "iteration": 20 * epoch,
+        "lr": {"backbone": lr, "bias": lr, "proxy": 100 * lr, "margins/margins": 1e-4},
+        "loss": 3.0 / epoch + 0.5,
+        "cls_loss": 2.0 / epoch + 0.2,
+        "acc": 1 - 0.8 / epoch,
+        "triplet_loss": 0.5 / epoch + 0.1,
+        "center_loss": 12.0 / epoch,
+        "soft_contrastive_r": 1.7 + 0.01 * epoch,
+        "reg_loss": 0.1,
+        "seconds_per_batch": 0.21,
+    }
 
 
 def _reid_record(epoch: int, dataset: str = "market1501") -> dict:
     base = 1 - math.exp(-epoch / 5)
-    return {"epoch": epoch, "iteration": 20 * epoch, "dataset": dataset, "protocol": "reid",
-            "mAP": 0.6 * base, "rank1": 0.8 * base, "rank5": 0.9 * base, "rank10": 0.95 * base,
-            "mINP": 0.2 * base, "cmc": [0.5] * 50, "eval_seconds": 3.0, "best_mAP": 0.6 * base, "best_epoch": epoch}
+    return {
+        "epoch": epoch,
+        "iteration": 20 * epoch,
+        "dataset": dataset,
+        "protocol": "reid",
+        "mAP": 0.6 * base,
+        "rank1": 0.8 * base,
+        "rank5": 0.9 * base,
+        "rank10": 0.95 * base,
+        "mINP": 0.2 * base,
+        "cmc": [0.5] * 50,
+        "eval_seconds": 3.0,
+        "best_mAP": 0.6 * base,
+        "best_epoch": epoch,
+    }
 
 
 def _retrieval_record(epoch: int, dataset: str, nmi: bool) -> dict:
     base = 1 - math.exp(-epoch / 5)
-    record = {"epoch": epoch, "iteration": 20 * epoch, "dataset": dataset, "protocol": "retrieval",
-              "R@1": 0.6 * base, "R@2": 0.7 * base, "R@4": 0.8 * base, "R@8": 0.9 * base, "MAP@R": 0.2 * base,
-              "R-precision": 0.3 * base, "mARP": 0.25 * base}
+    record = {
+        "epoch": epoch,
+        "iteration": 20 * epoch,
+        "dataset": dataset,
+        "protocol": "retrieval",
+        "R@1": 0.6 * base,
+        "R@2": 0.7 * base,
+        "R@4": 0.8 * base,
+        "R@8": 0.9 * base,
+        "MAP@R": 0.2 * base,
+        "R-precision": 0.3 * base,
+        "mARP": 0.25 * base,
+    }
     if nmi:
         record["NMI"] = 0.55 * base
     return record
@@ -100,8 +130,11 @@ def _panel(fig, title: str):
 
 def _lines(ax) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Legend label -> (x, y) of every labelled line of `ax`, in drawing order."""
-    return {line.get_label(): (np.asarray(line.get_xdata(), dtype=float), np.asarray(line.get_ydata(), dtype=float))
-            for line in ax.get_lines() if not line.get_label().startswith("_")}
+    return {
+        line.get_label(): (np.asarray(line.get_xdata(), dtype=float), np.asarray(line.get_ydata(), dtype=float))
+        for line in ax.get_lines()
+        if not line.get_label().startswith("_")
+    }
 
 
 def _best_marker(ax) -> tuple[float, float, str]:
@@ -204,8 +237,10 @@ def test_loss_figure_lines_match_file(tmp_path):
 
 
 def test_loss_figure_panels_only_when_present(tmp_path):
-    _write_lines(tmp_path / TRAIN_METRICS_FILE,
-                 [{"epoch": e, "iteration": e, "loss": 1.0 / e, "triplet_loss": 1.0 / e, "lr": 0.1} for e in (1, 2)])
+    _write_lines(
+        tmp_path / TRAIN_METRICS_FILE,
+        [{"epoch": e, "iteration": e, "loss": 1.0 / e, "triplet_loss": 1.0 / e, "lr": 0.1} for e in (1, 2)],
+    )
     fig = build_figures(read_history(tmp_path))[LOSS_PICTURE]
     assert [ax.get_title() for ax in fig.axes] == ["Losses"]
     assert fig.axes[0].get_yscale() == "linear"
@@ -233,8 +268,9 @@ def test_lr_figure(tmp_path):
 
 
 def test_lr_as_plain_number_and_non_positive_rates(tmp_path):
-    _write_lines(tmp_path / TRAIN_METRICS_FILE,
-                 [{"epoch": 1, "lr": 0.0}, {"epoch": 2, "lr": 0.01}, {"epoch": 3, "lr": 0.001}])
+    _write_lines(
+        tmp_path / TRAIN_METRICS_FILE, [{"epoch": 1, "lr": 0.0}, {"epoch": 2, "lr": 0.01}, {"epoch": 3, "lr": 0.001}]
+    )
     fig = build_figures(read_history(tmp_path))[LR_PICTURE]
     x, y = _lines(fig.axes[0])["lr"]
     np.testing.assert_array_equal(x, [2, 3])  # a log axis cannot show 0
@@ -248,8 +284,13 @@ def test_resumed_run_later_line_wins(tmp_path):
     first = [_train_record(e) for e in (1, 2, 3)]
     resumed = [dict(_train_record(e), loss=100.0 + e) for e in (2, 3, 4)]
     _write_lines(tmp_path / TRAIN_METRICS_FILE, first + resumed)
-    evals = [_reid_record(2), _reid_record(2, "dukemtmc"), _reid_record(4),
-             dict(_reid_record(2), mAP=0.77), _reid_record(4, "dukemtmc")]
+    evals = [
+        _reid_record(2),
+        _reid_record(2, "dukemtmc"),
+        _reid_record(4),
+        dict(_reid_record(2), mAP=0.77),
+        _reid_record(4, "dukemtmc"),
+    ]
     _write_lines(tmp_path / METRICS_FILE, evals)
     history = read_history(tmp_path)
     assert [r["epoch"] for r in history.train] == [1, 2, 3, 4]
@@ -295,8 +336,17 @@ def test_only_one_file(tmp_path):
 
 
 def test_malformed_lines_are_skipped_with_a_warning(tmp_path, caplog):
-    bad = ("not json at all", "[1, 2, 3]", '"a string"', '{"loss": 1.0}', '{"epoch": "three", "loss": 1.0}',
-           '{"epoch": true, "loss": 1.0}', '{"epoch": 2.5, "loss": 1.0}', "[" * 100_000, '{"epoch": 9, "loss": 1.')
+    bad = (
+        "not json at all",
+        "[1, 2, 3]",
+        '"a string"',
+        '{"loss": 1.0}',
+        '{"epoch": "three", "loss": 1.0}',
+        '{"epoch": true, "loss": 1.0}',
+        '{"epoch": 2.5, "loss": 1.0}',
+        "[" * 100_000,
+        '{"epoch": 9, "loss": 1.',
+    )
     _write_lines(tmp_path / TRAIN_METRICS_FILE, [_train_record(1), _train_record(2)], extra=bad)
     with open(tmp_path / METRICS_FILE, "wb") as handle:  # invalid UTF-8 too
         handle.write(json.dumps(_reid_record(2)).encode() + b"\n\xff\xfe{garbage\n")
@@ -327,18 +377,26 @@ def test_odd_values_are_gaps_not_errors(tmp_path):
     np.testing.assert_array_equal(x, [1, 2, 3, 4, 5])
     assert np.isnan(y[1]) and np.isnan(y[2]) and np.isfinite(y[[0, 3, 4]]).all()
     np.testing.assert_array_equal(losses["cls_loss"][0], [1, 2, 3, 5])
-    np.testing.assert_array_equal(_lines(_panel(figures[LOSS_PICTURE], "Training accuracy"))["training accuracy"][0],
-                                  [1, 2, 3, 4])
+    np.testing.assert_array_equal(
+        _lines(_panel(figures[LOSS_PICTURE], "Training accuracy"))["training accuracy"][0], [1, 2, 3, 4]
+    )
     assert "extra" not in _lines(_panel(figures[LOSS_PICTURE], "Loss statistics"))
     assert _best_marker(_panel(figures[METRICS_PICTURE], "market1501 (re-ID)"))[0] == 2.0  # NaN never best
     assert len(draw_curves(tmp_path)) == 3
 
 
 def test_nothing_to_plot_writes_nothing(tmp_path):
-    _write_lines(tmp_path / TRAIN_METRICS_FILE, [{"epoch": 1, "iteration": 20, "seconds_per_batch": 0.2},
-                                                 {"epoch": 2, "iteration": 40, "lr": {"backbone": 0.0}}])
-    _write_lines(tmp_path / METRICS_FILE, [{"epoch": 2, "dataset": "market1501", "protocol": "reid",
-                                            "eval_seconds": 1.0, "cmc": [0.5, 0.6]}])
+    _write_lines(
+        tmp_path / TRAIN_METRICS_FILE,
+        [
+            {"epoch": 1, "iteration": 20, "seconds_per_batch": 0.2},
+            {"epoch": 2, "iteration": 40, "lr": {"backbone": 0.0}},
+        ],
+    )
+    _write_lines(
+        tmp_path / METRICS_FILE,
+        [{"epoch": 2, "dataset": "market1501", "protocol": "reid", "eval_seconds": 1.0, "cmc": [0.5, 0.6]}],
+    )
     history = read_history(tmp_path)
     assert not history.empty
     assert build_figures(history) == {}
@@ -436,10 +494,16 @@ def test_no_pyplot_and_fast_for_200_epochs(tmp_path):
         "print(len(written), time.perf_counter() - t)\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, str(run)], check=False, cwd=REPO, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(run)],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 0, done.stderr
     count, seconds = done.stdout.split()
     assert int(count) == 3
     assert float(seconds) < 4.0
-

@@ -19,8 +19,9 @@ from data.demo_generator import (
 )
 
 MARKET_NAME = re.compile(r"^(-?\d+)_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
-SMALL = dict(num_train_ids=6, num_test_ids=5, images_per_id=6, num_cameras=4, height=48, width=24,
-             num_distractors=4, num_junk=3)
+SMALL = dict(
+    num_train_ids=6, num_test_ids=5, images_per_id=6, num_cameras=4, height=48, width=24, num_distractors=4, num_junk=3
+)
 
 
 def parse(folder: Path) -> list[tuple[str, int, int]]:
@@ -49,7 +50,7 @@ def test_layout_and_names(tree):
     for folder in SPLIT_DIRS.values():
         files = parse(root / folder)
         assert files, folder
-        for _, pid, cam in files:
+        for _, _pid, cam in files:
             assert 1 <= cam <= SMALL["num_cameras"]
     # pid formatting: 4 digits for ids, "-1" for junk
     for f in (root / "bounding_box_test").iterdir():

@@ -14,21 +14,59 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_torchrun_two_processes_train_and_evaluate_like_one(tmp_path):
     make_market_tree(tmp_path / "data", train_ids=8, test_ids=5, images_per_id=4, cameras=3, size=(32, 16))
     out = tmp_path / "dist"
-    opts = ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "none", "DATASETS.ROOT_DIR", str(tmp_path / "data"),
-            "INPUT.SIZE_TRAIN", "[32, 16]", "INPUT.SIZE_TEST", "[32, 16]", "SOLVER.IMS_PER_BATCH", "16",
-            "DATALOADER.NUM_INSTANCE", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.MAX_EPOCHS", "2",
-            "SOLVER.WARMUP_ITERS", "0", "TEST.IMS_PER_BATCH", "4"]
+    opts = [
+        "MODEL.NAME",
+        "resnet18",
+        "MODEL.PRETRAIN_CHOICE",
+        "none",
+        "DATASETS.ROOT_DIR",
+        str(tmp_path / "data"),
+        "INPUT.SIZE_TRAIN",
+        "[32, 16]",
+        "INPUT.SIZE_TEST",
+        "[32, 16]",
+        "SOLVER.IMS_PER_BATCH",
+        "16",
+        "DATALOADER.NUM_INSTANCE",
+        "2",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SOLVER.MAX_EPOCHS",
+        "2",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "TEST.IMS_PER_BATCH",
+        "4",
+    ]
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "train.py",
-         *opts, "OUTPUT_DIR", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29517",
+            "train.py",
+            *opts,
+            "OUTPUT_DIR",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [2]  # written once, by rank 0
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_2.pt"]
 
-    proc = subprocess.run([sys.executable, "test.py", *opts, "TEST.WEIGHT", str(out / "best.pt"),
-                           "OUTPUT_DIR", str(tmp_path / "single")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "test.py", *opts, "TEST.WEIGHT", str(out / "best.pt"), "OUTPUT_DIR", str(tmp_path / "single")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     single = json.loads((tmp_path / "single/test_metrics.json").read_text())
     for key in ("rank1", "rank5", "mAP", "mINP"):
@@ -40,14 +78,52 @@ def test_torchrun_with_parameters_that_get_no_gradient(tmp_path):
     its own optimizer: DDP is told about unused parameters, every optimizer steps on both ranks."""
     make_market_tree(tmp_path / "data", train_ids=8, test_ids=5, images_per_id=4, cameras=3, size=(32, 16))
     out = tmp_path / "dist"
-    opts = ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "none", "DATASETS.ROOT_DIR", str(tmp_path / "data"),
-            "INPUT.SIZE_TRAIN", "[32, 16]", "INPUT.SIZE_TEST", "[32, 16]", "SOLVER.IMS_PER_BATCH", "16",
-            "DATALOADER.NUM_INSTANCE", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.MAX_EPOCHS", "1",
-            "SOLVER.WARMUP_ITERS", "0", "TEST.IMS_PER_BATCH", "4", "MODEL.ARCH", "uc",
-            "MODEL.METRIC_LOSS_TYPE", "uc-tri-n+center", "MODEL.CLS_LOSS_TYPE", "none"]
+    opts = [
+        "MODEL.NAME",
+        "resnet18",
+        "MODEL.PRETRAIN_CHOICE",
+        "none",
+        "DATASETS.ROOT_DIR",
+        str(tmp_path / "data"),
+        "INPUT.SIZE_TRAIN",
+        "[32, 16]",
+        "INPUT.SIZE_TEST",
+        "[32, 16]",
+        "SOLVER.IMS_PER_BATCH",
+        "16",
+        "DATALOADER.NUM_INSTANCE",
+        "2",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SOLVER.MAX_EPOCHS",
+        "1",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "TEST.IMS_PER_BATCH",
+        "4",
+        "MODEL.ARCH",
+        "uc",
+        "MODEL.METRIC_LOSS_TYPE",
+        "uc-tri-n+center",
+        "MODEL.CLS_LOSS_TYPE",
+        "none",
+    ]
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518", "train.py",
-         *opts, "OUTPUT_DIR", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29518",
+            "train.py",
+            *opts,
+            "OUTPUT_DIR",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (out / "checkpoints" / "checkpoint_1.pt").is_file()

@@ -77,10 +77,21 @@ def test_dataset_trains_and_evaluates_with_the_bot_recipe(case, tmp_path):
         builder(data_root)
     fill_images(data_root)
     out = tmp_path / "out"
-    opts = {"DATASETS.NAMES": name, "DATASETS.ROOT_DIR": str(data_root), "MODEL.NAME": "resnet18",
-            "MODEL.PRETRAIN_CHOICE": "none", "INPUT.SIZE_TRAIN": "[32, 16]", "INPUT.SIZE_TEST": "[32, 16]",
-            "INPUT.RESIZE_TEST": "32", "SOLVER.IMS_PER_BATCH": "4", "DATALOADER.NUM_INSTANCE": "2",
-            "DATALOADER.NUM_WORKERS": "0", "SOLVER.MAX_EPOCHS": "1", "OUTPUT_DIR": str(out), **extra}
+    opts = {
+        "DATASETS.NAMES": name,
+        "DATASETS.ROOT_DIR": str(data_root),
+        "MODEL.NAME": "resnet18",
+        "MODEL.PRETRAIN_CHOICE": "none",
+        "INPUT.SIZE_TRAIN": "[32, 16]",
+        "INPUT.SIZE_TEST": "[32, 16]",
+        "INPUT.RESIZE_TEST": "32",
+        "SOLVER.IMS_PER_BATCH": "4",
+        "DATALOADER.NUM_INSTANCE": "2",
+        "DATALOADER.NUM_WORKERS": "0",
+        "SOLVER.MAX_EPOCHS": "1",
+        "OUTPUT_DIR": str(out),
+        **extra,
+    }
     result = train(load_config(ROOT / "configs/softmax_triplet.yml", [x for kv in opts.items() for x in kv]))
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["dataset"] == name and record == {**record, **result}
@@ -101,16 +112,38 @@ def test_several_datasets_train_together_and_are_evaluated_each(tmp_path):
     make_duke(data_root)
     fill_images(data_root)
     out = tmp_path / "out"
-    opts = ["DATASETS.NAMES", "('market1501', 'dukemtmc')", "DATASETS.ROOT_DIR", str(data_root),
-            "MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "none", "INPUT.SIZE_TRAIN", "[32, 16]",
-            "INPUT.SIZE_TEST", "[32, 16]", "SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_INSTANCE", "2",
-            "DATALOADER.NUM_WORKERS", "0", "SOLVER.MAX_EPOCHS", "1", "OUTPUT_DIR", str(out)]
+    opts = [
+        "DATASETS.NAMES",
+        "('market1501', 'dukemtmc')",
+        "DATASETS.ROOT_DIR",
+        str(data_root),
+        "MODEL.NAME",
+        "resnet18",
+        "MODEL.PRETRAIN_CHOICE",
+        "none",
+        "INPUT.SIZE_TRAIN",
+        "[32, 16]",
+        "INPUT.SIZE_TEST",
+        "[32, 16]",
+        "SOLVER.IMS_PER_BATCH",
+        "4",
+        "DATALOADER.NUM_INSTANCE",
+        "2",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SOLVER.MAX_EPOCHS",
+        "1",
+        "OUTPUT_DIR",
+        str(out),
+    ]
     train(load_config(ROOT / "configs/softmax_triplet.yml", opts))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["dataset"] for r in records] == ["market1501", "dukemtmc"]
     import torch
 
-    classifier = torch.load(out / "checkpoints/checkpoint_1.pt", weights_only=True)["loss"]["cls_term.classifier.weight"]
+    classifier = torch.load(out / "checkpoints/checkpoint_1.pt", weights_only=True)["loss"][
+        "cls_term.classifier.weight"
+    ]
     assert classifier.shape[0] == 6 + 3  # Market's 6 train ids, then Duke's 3, labels offset
 
     only_duke = opts[:-2] + ["OUTPUT_DIR", str(tmp_path / "out2"), "TEST.DATASETS", "['dukemtmc']"]

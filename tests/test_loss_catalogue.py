@@ -58,12 +58,19 @@ def _batch(seed: int = 0, p: int = NUM_CLASSES, k: int = 4, d: int = FEAT_DIM, d
     centres = torch.randn(p, d, generator=g)
     feats = centres[labels] + 0.8 * torch.randn(len(labels), d, generator=g)
     uc = 0.05 * torch.randn(len(labels), generator=g)  # the uncertainty head's offsets, for the uc losses
-    return {"feat": feats.to(dtype), "neck_feat": feats.to(dtype), "uc": uc.to(dtype),
-            "uc_norm": feats.norm(dim=1).to(dtype)}, labels
+    return {
+        "feat": feats.to(dtype),
+        "neck_feat": feats.to(dtype),
+        "uc": uc.to(dtype),
+        "uc_norm": feats.norm(dim=1).to(dtype),
+    }, labels
 
 
-ALL_CASES = [("metric", n) for n in METRIC_NAMES] + [("cls", n) for n in CLS_NAMES] + [
-    ("metric", "pml:TripletMarginLoss"), ("metric", "ms+center")]
+ALL_CASES = (
+    [("metric", n) for n in METRIC_NAMES]
+    + [("cls", n) for n in CLS_NAMES]
+    + [("metric", "pml:TripletMarginLoss"), ("metric", "ms+center")]
+)
 
 
 def _build(kind: str, name: str):
@@ -140,8 +147,11 @@ def test_metric_names_join_alias_and_center_switch():
 
 
 def test_center_term_has_its_own_weight():
-    criterion = build_loss(_metric_cfg("triplet_center", "SOLVER.CENTER_LOSS_WEIGHT", "0.25",
-                                       "SOLVER.TRI_LOSS_WEIGHT", "2.0"), NUM_CLASSES, FEAT_DIM)
+    criterion = build_loss(
+        _metric_cfg("triplet_center", "SOLVER.CENTER_LOSS_WEIGHT", "0.25", "SOLVER.TRI_LOSS_WEIGHT", "2.0"),
+        NUM_CLASSES,
+        FEAT_DIM,
+    )
     outputs, labels = _batch()
     total, parts = criterion(outputs, labels)
     expected = 2.0 * parts["triplet_loss"] + 0.25 * parts["center_loss"]
@@ -159,8 +169,15 @@ def test_bad_hyper_parameter_names_the_loss():
 # pml: catalogue
 # ------------------------------------------------------------------------------------------------
 def test_pml_loss_with_kwargs_and_miner_equals_pml():
-    cfg = _metric_cfg("pml:TripletMarginLoss", "LOSS.PML_KWARGS", "{'margin': 0.15, 'distance': 'pml:CosineSimilarity'}",
-                      "LOSS.MINER", "pml:MultiSimilarityMiner", "LOSS.MINER_KWARGS", "{'epsilon': 0.2}")
+    cfg = _metric_cfg(
+        "pml:TripletMarginLoss",
+        "LOSS.PML_KWARGS",
+        "{'margin': 0.15, 'distance': 'pml:CosineSimilarity'}",
+        "LOSS.MINER",
+        "pml:MultiSimilarityMiner",
+        "LOSS.MINER_KWARGS",
+        "{'epsilon': 0.2}",
+    )
     criterion = build_loss(cfg, NUM_CLASSES, FEAT_DIM)
     outputs, labels = _batch()
     total, parts = criterion(outputs, labels)
@@ -183,26 +200,50 @@ def test_pml_proxy_loss_gets_class_count_and_proxy_group():
 
 def test_pml_kwargs_from_a_yaml_mapping(tmp_path):
     path = tmp_path / "x.yml"
-    path.write_text("MODEL:\n  METRIC_LOSS_TYPE: pml:ContrastiveLoss\nLOSS:\n  PML_KWARGS: {pos_margin: 0.1, neg_margin: 0.7}\n")
+    path.write_text(
+        "MODEL:\n  METRIC_LOSS_TYPE: pml:ContrastiveLoss\nLOSS:\n  PML_KWARGS: {pos_margin: 0.1, neg_margin: 0.7}\n"
+    )
     cfg = load_config(path, [])
     assert parse_kwargs("LOSS.PML_KWARGS", cfg.LOSS.PML_KWARGS) == {"pos_margin": 0.1, "neg_margin": 0.7}
     criterion = build_loss(cfg, NUM_CLASSES, FEAT_DIM)
     assert criterion.metric_terms["pml_ContrastiveLoss"].loss.neg_margin == pytest.approx(0.7)
 
 
-@pytest.mark.parametrize("opts,fragments", [
-    (["MODEL.METRIC_LOSS_TYPE", "pml:TripletMarginLos"], ["no pytorch-metric-learning loss", "pml:TripletMarginLoss"]),
-    (["MODEL.METRIC_LOSS_TYPE", "pml:TripletMarginLoss", "LOSS.MINER", "pml:Nope"], ["LOSS.MINER", "pml:BatchHardMiner"]),
-    (["MODEL.METRIC_LOSS_TYPE", "pml:TripletMarginLoss", "LOSS.MINER", "BatchHardMiner"], ["LOSS.MINER", "pml:<MinerClass>"]),
-    (["MODEL.METRIC_LOSS_TYPE", "pml:TripletMarginLoss", "LOSS.PML_KWARGS", "margin=0.1"], ["LOSS.PML_KWARGS", "dict literal"]),
-    (["MODEL.METRIC_LOSS_TYPE", "pml:TripletMarginLoss", "LOSS.PML_KWARGS", "{'margn': 0.1}"], ["TripletMarginLoss", "margin"]),
-    (["MODEL.METRIC_LOSS_TYPE", "pml:TripletMarginLoss", "LOSS.PML_KWARGS", "{'distance': 'pml:Cosine'}"],
-     ["distance", "CosineSimilarity"]),
-    (["MODEL.METRIC_LOSS_TYPE", "triplet", "LOSS.MINER", "pml:BatchHardMiner"], ["LOSS.MINER", "pml:"]),
-    (["MODEL.METRIC_LOSS_TYPE", "ms", "LOSS.PML_KWARGS", "{'margin': 0.1}"], ["LOSS.PML_KWARGS", "'ms'"]),
-    (["MODEL.METRIC_LOSS_TYPE", "pml:TripletMarginLoss", "LOSS.MINER_KWARGS", "{'epsilon': 0.1}"],
-     ["LOSS.MINER_KWARGS", "LOSS.MINER is empty"]),
-])
+@pytest.mark.parametrize(
+    "opts,fragments",
+    [
+        (
+            ["MODEL.METRIC_LOSS_TYPE", "pml:TripletMarginLos"],
+            ["no pytorch-metric-learning loss", "pml:TripletMarginLoss"],
+        ),
+        (
+            ["MODEL.METRIC_LOSS_TYPE", "pml:TripletMarginLoss", "LOSS.MINER", "pml:Nope"],
+            ["LOSS.MINER", "pml:BatchHardMiner"],
+        ),
+        (
+            ["MODEL.METRIC_LOSS_TYPE", "pml:TripletMarginLoss", "LOSS.MINER", "BatchHardMiner"],
+            ["LOSS.MINER", "pml:<MinerClass>"],
+        ),
+        (
+            ["MODEL.METRIC_LOSS_TYPE", "pml:TripletMarginLoss", "LOSS.PML_KWARGS", "margin=0.1"],
+            ["LOSS.PML_KWARGS", "dict literal"],
+        ),
+        (
+            ["MODEL.METRIC_LOSS_TYPE", "pml:TripletMarginLoss", "LOSS.PML_KWARGS", "{'margn': 0.1}"],
+            ["TripletMarginLoss", "margin"],
+        ),
+        (
+            ["MODEL.METRIC_LOSS_TYPE", "pml:TripletMarginLoss", "LOSS.PML_KWARGS", "{'distance': 'pml:Cosine'}"],
+            ["distance", "CosineSimilarity"],
+        ),
+        (["MODEL.METRIC_LOSS_TYPE", "triplet", "LOSS.MINER", "pml:BatchHardMiner"], ["LOSS.MINER", "pml:"]),
+        (["MODEL.METRIC_LOSS_TYPE", "ms", "LOSS.PML_KWARGS", "{'margin': 0.1}"], ["LOSS.PML_KWARGS", "'ms'"]),
+        (
+            ["MODEL.METRIC_LOSS_TYPE", "pml:TripletMarginLoss", "LOSS.MINER_KWARGS", "{'epsilon': 0.1}"],
+            ["LOSS.MINER_KWARGS", "LOSS.MINER is empty"],
+        ),
+    ],
+)
 def test_pml_mistakes_fail_with_one_clear_message(opts, fragments):
     with pytest.raises(ConfigError) as excinfo:
         build_loss(_cfg("MODEL.CLS_LOSS_TYPE", "none", *opts), NUM_CLASSES, FEAT_DIM)
@@ -222,8 +263,18 @@ def test_pml_listing_covers_the_installed_library():
 # ------------------------------------------------------------------------------------------------
 def test_loss_parameters_land_in_their_groups():
     model = torch.nn.Linear(3, FEAT_DIM)
-    cfg = _cfg("MODEL.METRIC_LOSS_TYPE", "amloss+center", "MODEL.CLS_LOSS_TYPE", "arcface", "SOLVER.BASE_LR", "0.001",
-               "LOSS.AMLOSS.MARGIN_LR", "0.01", "SOLVER.CENTER_LR", "0.3")
+    cfg = _cfg(
+        "MODEL.METRIC_LOSS_TYPE",
+        "amloss+center",
+        "MODEL.CLS_LOSS_TYPE",
+        "arcface",
+        "SOLVER.BASE_LR",
+        "0.001",
+        "LOSS.AMLOSS.MARGIN_LR",
+        "0.01",
+        "SOLVER.CENTER_LR",
+        "0.3",
+    )
     criterion = build_loss(cfg, NUM_CLASSES, FEAT_DIM)
     solver = build_solver(cfg, model, criterion)
     main_groups = {g["name"]: g for g in solver.main.param_groups}
@@ -298,23 +349,46 @@ def market_root(tmp_path_factory):
 
 def _tiny_argv(root: Path, out: Path, *opts: str) -> list[str]:
     pairs = {
-        "MODEL.NAME": "resnet18", "MODEL.PRETRAIN_CHOICE": "none", "DATASETS.ROOT_DIR": str(root),
-        "INPUT.SIZE_TRAIN": "[32, 16]", "INPUT.SIZE_TEST": "[32, 16]", "SOLVER.IMS_PER_BATCH": "12",
-        "DATALOADER.NUM_INSTANCE": "3", "DATALOADER.NUM_WORKERS": "0", "SOLVER.MAX_EPOCHS": "1",
-        "SOLVER.EVAL_PERIOD": "1", "SOLVER.CHECKPOINT_PERIOD": "1", "SOLVER.WARMUP_ITERS": "0",
-        "OUTPUT_DIR": str(out), "TEST.IMS_PER_BATCH": "32",
+        "MODEL.NAME": "resnet18",
+        "MODEL.PRETRAIN_CHOICE": "none",
+        "DATASETS.ROOT_DIR": str(root),
+        "INPUT.SIZE_TRAIN": "[32, 16]",
+        "INPUT.SIZE_TEST": "[32, 16]",
+        "SOLVER.IMS_PER_BATCH": "12",
+        "DATALOADER.NUM_INSTANCE": "3",
+        "DATALOADER.NUM_WORKERS": "0",
+        "SOLVER.MAX_EPOCHS": "1",
+        "SOLVER.EVAL_PERIOD": "1",
+        "SOLVER.CHECKPOINT_PERIOD": "1",
+        "SOLVER.WARMUP_ITERS": "0",
+        "OUTPUT_DIR": str(out),
+        "TEST.IMS_PER_BATCH": "32",
     }
-    return ["--config_file", str(ROOT / "configs/softmax_triplet.yml"),
-            *[x for pair in pairs.items() for x in pair], *opts]
+    return [
+        "--config_file",
+        str(ROOT / "configs/softmax_triplet.yml"),
+        *[x for pair in pairs.items() for x in pair],
+        *opts,
+    ]
 
 
-SMOKE_CASES = [["MODEL.METRIC_LOSS_TYPE", n, *_arch_opts("metric", n)] for n in METRIC_NAMES] + \
-    [["MODEL.CLS_LOSS_TYPE", n, *_arch_opts("cls", n), *(["MODEL.METRIC_LOSS_TYPE", "none"] if n.startswith("uc-") else [])]
-     for n in CLS_NAMES] + [
-    ["MODEL.METRIC_LOSS_TYPE", "pml:MultiSimilarityLoss", "LOSS.MINER", "pml:MultiSimilarityMiner"],
-    ["MODEL.METRIC_LOSS_TYPE", "ms+center", "MODEL.CLS_LOSS_TYPE", "none"],
-    ["MODEL.METRIC_LOSS_TYPE", "margin", "LOSS.MARGIN_LOSS.LEARN_BETA", "yes"],
-]
+SMOKE_CASES = (
+    [["MODEL.METRIC_LOSS_TYPE", n, *_arch_opts("metric", n)] for n in METRIC_NAMES]
+    + [
+        [
+            "MODEL.CLS_LOSS_TYPE",
+            n,
+            *_arch_opts("cls", n),
+            *(["MODEL.METRIC_LOSS_TYPE", "none"] if n.startswith("uc-") else []),
+        ]
+        for n in CLS_NAMES
+    ]
+    + [
+        ["MODEL.METRIC_LOSS_TYPE", "pml:MultiSimilarityLoss", "LOSS.MINER", "pml:MultiSimilarityMiner"],
+        ["MODEL.METRIC_LOSS_TYPE", "ms+center", "MODEL.CLS_LOSS_TYPE", "none"],
+        ["MODEL.METRIC_LOSS_TYPE", "margin", "LOSS.MARGIN_LOSS.LEARN_BETA", "yes"],
+    ]
+)
 
 
 @pytest.mark.parametrize("opts", SMOKE_CASES, ids=lambda o: "+".join(o[1::2]))
@@ -328,8 +402,18 @@ def test_one_tiny_epoch_with_every_loss(opts, market_root, tmp_path):
 
 def test_resume_restores_margins_and_centers(market_root, tmp_path):
     """AMLoss margins (own AdamW + StepLR) and centers (own SGD) continue exactly after --resume."""
-    opts = ["MODEL.METRIC_LOSS_TYPE", "amloss+center", "SOLVER.MAX_EPOCHS", "2", "LOSS.AMLOSS.MARGIN_DECAY_STEP", "1",
-            "LOSS.AMLOSS.MARGIN_LR", "0.01", "SOLVER.EVAL_PERIOD", "2"]
+    opts = [
+        "MODEL.METRIC_LOSS_TYPE",
+        "amloss+center",
+        "SOLVER.MAX_EPOCHS",
+        "2",
+        "LOSS.AMLOSS.MARGIN_DECAY_STEP",
+        "1",
+        "LOSS.AMLOSS.MARGIN_LR",
+        "0.01",
+        "SOLVER.EVAL_PERIOD",
+        "2",
+    ]
     full = tmp_path / "full"
     train(load_config(None, _tiny_argv(market_root, full, *opts)[2:]))
     half = tmp_path / "half"

@@ -57,8 +57,10 @@ def _pml_triplet(feats: torch.Tensor, labels: torch.Tensor, margin: float | None
     distance = LpDistance(normalize_embeddings=False)
     miner = pml_miners.BatchHardMiner(distance=distance)
     loss_fn = pml_losses.TripletMarginLoss(
-        margin=0.0 if margin is None else margin, smooth_loss=margin is None,
-        distance=distance, reducer=MeanReducer(),
+        margin=0.0 if margin is None else margin,
+        smooth_loss=margin is None,
+        distance=distance,
+        reducer=MeanReducer(),
     )
     return loss_fn(feats, labels, miner(feats, labels))
 
@@ -297,8 +299,12 @@ def test_composite_decreases_under_sgd():
     feat = torch.nn.Parameter(_features(16, 8, 5))
     neck = torch.nn.Parameter(_features(16, 8, 6))
     criterion = build_loss(load_config(None, []), 4, 8)
-    values = _train(lambda: criterion({"feat": feat, "neck_feat": neck}, labels)[0],
-                    [feat, neck, *criterion.parameters()], lr=0.5, steps=30)
+    values = _train(
+        lambda: criterion({"feat": feat, "neck_feat": neck}, labels)[0],
+        [feat, neck, *criterion.parameters()],
+        lr=0.5,
+        steps=30,
+    )
     assert values[-1] < 0.7 * values[0]
 
 

@@ -74,8 +74,9 @@ def _cosines(feats: torch.Tensor, weight: torch.Tensor) -> list[list[torch.Tenso
     return rows
 
 
-def _reference_logits(kind, cos: list[list[torch.Tensor]], labels: list[int], s: float, m: float,
-                      frozen: list[list[float]] | None = None) -> list[list[torch.Tensor]]:
+def _reference_logits(
+    kind, cos: list[list[torch.Tensor]], labels: list[int], s: float, m: float, frozen: list[list[float]] | None = None
+) -> list[list[torch.Tensor]]:
     """z_ij of each head by its docstring formula. For Circle, `frozen` gives the cosines from which a_p and
     a_n are taken (default: the detached current ones)."""
     z = []
@@ -134,11 +135,17 @@ def _kwargs(kind, s: float, m: float, eps: float = 0.0) -> dict:
 # ------------------------------------------------------------------------------------------------
 # against pytorch-metric-learning
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind,s,m", [
-    (ArcFaceHead, 30.0, 0.5), (ArcFaceHead, 64.0, 0.3),
-    (CosFaceHead, 30.0, 0.35), (CosFaceHead, 16.0, 0.1),
-    (NormSoftmaxHead, 30.0, 0.0), (NormSoftmaxHead, 20.0, 0.0),
-])
+@pytest.mark.parametrize(
+    "kind,s,m",
+    [
+        (ArcFaceHead, 30.0, 0.5),
+        (ArcFaceHead, 64.0, 0.3),
+        (CosFaceHead, 30.0, 0.35),
+        (CosFaceHead, 16.0, 0.1),
+        (NormSoftmaxHead, 30.0, 0.0),
+        (NormSoftmaxHead, 20.0, 0.0),
+    ],
+)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_matches_pytorch_metric_learning(kind, s, m, dtype, seed):

@@ -117,7 +117,11 @@ def test_fixed_triplets_match_pytorch_metric_learning(learn_beta, nu):
     a, p, n = _random_triplets(labels, 3)
     ours_fn = MarginLoss(num_classes=6, alpha=0.2, beta=1.2, learn_beta=learn_beta, nu=nu).double()
     pml_fn = pml_losses.MarginLoss(
-        margin=0.2, nu=nu, beta=1.2, learn_beta=learn_beta, num_classes=6 if learn_beta else None,
+        margin=0.2,
+        nu=nu,
+        beta=1.2,
+        learn_beta=learn_beta,
+        num_classes=6 if learn_beta else None,
         reducer=DivisorReducer(),
     ).double()
     if learn_beta:
@@ -143,11 +147,13 @@ def test_sampled_triplets_match_pytorch_metric_learning_fp32(learn_beta):
     base = _clustered(labels, 512, 4, spread=1.0, dtype=torch.float32)
     ours_fn = MarginLoss(num_classes=10, learn_beta=learn_beta)
     ours_fn.generator = torch.Generator().manual_seed(0)
-    triplets = distance_weighted_triplets(
-        F.normalize(base, dim=1), labels, generator=torch.Generator().manual_seed(0)
-    )
+    triplets = distance_weighted_triplets(F.normalize(base, dim=1), labels, generator=torch.Generator().manual_seed(0))
     pml_fn = pml_losses.MarginLoss(
-        margin=0.2, nu=0.0, beta=1.2, learn_beta=learn_beta, num_classes=10 if learn_beta else None,
+        margin=0.2,
+        nu=0.0,
+        beta=1.2,
+        learn_beta=learn_beta,
+        num_classes=10 if learn_beta else None,
         reducer=DivisorReducer(),
     )
     x = base.clone().requires_grad_(True)

@@ -127,8 +127,11 @@ def test_imagenet_weights_load(tmp_path, torchvision_resnet18_state):
     path = tmp_path / "resnet18-f37072fd.pth"
     torch.save(state, path)
     torch.manual_seed(0)
-    model = build_model(load_config(None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "imagenet",
-                                           "MODEL.PRETRAIN_PATH", str(path)]))
+    model = build_model(
+        load_config(
+            None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "imagenet", "MODEL.PRETRAIN_PATH", str(path)]
+        )
+    )
     loaded = model.backbone.state_dict()
     assert set(loaded) == {k for k in state if not k.startswith("fc.")}
     for key, value in loaded.items():
@@ -140,8 +143,11 @@ def test_imagenet_weights_load(tmp_path, torchvision_resnet18_state):
 def test_imagenet_weights_with_module_prefix(tmp_path, torchvision_resnet18_state):
     path = tmp_path / "wrapped.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in torchvision_resnet18_state.items()}}, path)
-    model = build_model(load_config(None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "imagenet",
-                                           "MODEL.PRETRAIN_PATH", str(path)]))
+    model = build_model(
+        load_config(
+            None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "imagenet", "MODEL.PRETRAIN_PATH", str(path)]
+        )
+    )
     assert torch.equal(model.backbone.conv1.weight, torchvision_resnet18_state["conv1.weight"])
 
 
@@ -150,8 +156,9 @@ def test_imagenet_missing_tensor(tmp_path, torchvision_resnet18_state):
     del state["layer3.1.conv2.weight"]
     path = tmp_path / "missing.pth"
     torch.save(state, path)
-    cfg = load_config(None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "imagenet",
-                             "MODEL.PRETRAIN_PATH", str(path)])
+    cfg = load_config(
+        None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "imagenet", "MODEL.PRETRAIN_PATH", str(path)]
+    )
     with pytest.raises(WeightsMismatchError) as excinfo:
         build_model(cfg)
     assert isinstance(excinfo.value, UserError)
@@ -165,8 +172,9 @@ def test_imagenet_wrong_shape(tmp_path, torchvision_resnet18_state):
     state["layer2.0.bn1.weight"] = torch.ones(7)
     path = tmp_path / "shape.pth"
     torch.save(state, path)
-    cfg = load_config(None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "imagenet",
-                             "MODEL.PRETRAIN_PATH", str(path)])
+    cfg = load_config(
+        None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "imagenet", "MODEL.PRETRAIN_PATH", str(path)]
+    )
     with pytest.raises(WeightsMismatchError) as excinfo:
         build_model(cfg)
     message = str(excinfo.value)
@@ -176,16 +184,18 @@ def test_imagenet_wrong_shape(tmp_path, torchvision_resnet18_state):
 def test_imagenet_resnet50_file_into_resnet18(tmp_path):
     path = tmp_path / "r50.pth"
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
-    cfg = load_config(None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "imagenet",
-                             "MODEL.PRETRAIN_PATH", str(path)])
+    cfg = load_config(
+        None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "imagenet", "MODEL.PRETRAIN_PATH", str(path)]
+    )
     with pytest.raises(WeightsMismatchError, match="unexpected"):
         build_model(cfg)
 
 
 def test_imagenet_missing_path(tmp_path):
     path = tmp_path / "does-not-exist.pth"
-    cfg = load_config(None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "imagenet",
-                             "MODEL.PRETRAIN_PATH", str(path)])
+    cfg = load_config(
+        None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "imagenet", "MODEL.PRETRAIN_PATH", str(path)]
+    )
     with pytest.raises(UserError) as excinfo:
         build_model(cfg)
     assert str(path) in str(excinfo.value)
@@ -194,8 +204,9 @@ def test_imagenet_missing_path(tmp_path):
 def test_imagenet_garbage_file(tmp_path):
     path = tmp_path / "garbage.pth"
     path.write_bytes(b"this is not a torch file")
-    cfg = load_config(None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "imagenet",
-                             "MODEL.PRETRAIN_PATH", str(path)])
+    cfg = load_config(
+        None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "imagenet", "MODEL.PRETRAIN_PATH", str(path)]
+    )
     with pytest.raises(UserError) as excinfo:
         build_model(cfg)
     assert "cannot read" in str(excinfo.value) and str(path) in str(excinfo.value)
@@ -227,22 +238,41 @@ def test_pretrain_self(tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save({"model": source.state_dict(), "epoch": 3}, path)
     torch.manual_seed(6)
-    model = build_model(load_config(None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "self",
-                                           "MODEL.PRETRAIN_PATH", str(path)]))
+    model = build_model(
+        load_config(None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "self", "MODEL.PRETRAIN_PATH", str(path)])
+    )
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
 
 
 def test_pretrain_self_errors(tmp_path):
     torch.save({"weights": {}}, tmp_path / "not_ours.pt")
-    cfg = load_config(None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "self",
-                             "MODEL.PRETRAIN_PATH", str(tmp_path / "not_ours.pt")])
+    cfg = load_config(
+        None,
+        [
+            "MODEL.NAME",
+            "resnet18",
+            "MODEL.PRETRAIN_CHOICE",
+            "self",
+            "MODEL.PRETRAIN_PATH",
+            str(tmp_path / "not_ours.pt"),
+        ],
+    )
     with pytest.raises(UserError, match="'model'"):
         build_model(cfg)
     r18 = build_model(_cfg("MODEL.NAME", "resnet18", "MODEL.NECK", "no"))
     torch.save({"model": r18.state_dict()}, tmp_path / "no_neck.pt")
-    cfg = load_config(None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "self",
-                             "MODEL.PRETRAIN_PATH", str(tmp_path / "no_neck.pt")])
+    cfg = load_config(
+        None,
+        [
+            "MODEL.NAME",
+            "resnet18",
+            "MODEL.PRETRAIN_CHOICE",
+            "self",
+            "MODEL.PRETRAIN_PATH",
+            str(tmp_path / "no_neck.pt"),
+        ],
+    )
     with pytest.raises(WeightsMismatchError, match="neck.bn.weight"):
         build_model(cfg)
 
@@ -250,8 +280,18 @@ def test_pretrain_self_errors(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # Optimizer groups
 # ------------------------------------------------------------------------------------------------
-SOLVER_OPTS = ["SOLVER.BASE_LR", "0.02", "SOLVER.BIAS_LR_FACTOR", "2.0", "SOLVER.WEIGHT_DECAY", "0.001",
-               "SOLVER.WEIGHT_DECAY_BIAS", "0.0", "SOLVER.WEIGHT_DECAY_NECK", "0.0003"]
+SOLVER_OPTS = [
+    "SOLVER.BASE_LR",
+    "0.02",
+    "SOLVER.BIAS_LR_FACTOR",
+    "2.0",
+    "SOLVER.WEIGHT_DECAY",
+    "0.001",
+    "SOLVER.WEIGHT_DECAY_BIAS",
+    "0.0",
+    "SOLVER.WEIGHT_DECAY_NECK",
+    "0.0003",
+]
 
 
 def test_parameter_groups(resnet18_model):
@@ -296,8 +336,9 @@ def test_parameter_groups_without_neck_or_classifier():
     assert {g["name"] for g in groups} == {"backbone", "bias"}
 
 
-@pytest.mark.parametrize("name,cls", [("SGD", torch.optim.SGD), ("Adam", torch.optim.Adam),
-                                      ("AdamW", torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    "name,cls", [("SGD", torch.optim.SGD), ("Adam", torch.optim.Adam), ("AdamW", torch.optim.AdamW)]
+)
 def test_build_optimizer_types(resnet18_model, name, cls):
     cfg = _cfg("MODEL.NAME", "resnet18", "SOLVER.OPTIMIZER_NAME", name, "SOLVER.MOMENTUM", "0.8", *SOLVER_OPTS)
     criterion = build_loss(cfg, 10, 512)
@@ -339,14 +380,35 @@ def _lrs(optimizer, scheduler, epochs):
 
 
 def test_warmup_multistep_linear_values():
-    cfg = _cfg("SOLVER.BASE_LR", "1.0", "SOLVER.WARMUP_FACTOR", "0.01", "SOLVER.WARMUP_ITERS", "10",
-               "SOLVER.STEPS", "(40, 70)", "SOLVER.GAMMA", "0.1", "SOLVER.WARMUP_METHOD", "linear")
+    cfg = _cfg(
+        "SOLVER.BASE_LR",
+        "1.0",
+        "SOLVER.WARMUP_FACTOR",
+        "0.01",
+        "SOLVER.WARMUP_ITERS",
+        "10",
+        "SOLVER.STEPS",
+        "(40, 70)",
+        "SOLVER.GAMMA",
+        "0.1",
+        "SOLVER.WARMUP_METHOD",
+        "linear",
+    )
     optimizer = _toy_optimizer(1.0)
     scheduler = build_scheduler(cfg, optimizer)
     assert isinstance(scheduler, WarmupMultiStepLR)
     lrs = _lrs(optimizer, scheduler, 80)
-    expected = {0: 0.01, 5: 0.01 * 0.5 + 0.5, 9: 0.01 * 0.1 + 0.9, 10: 1.0, 39: 1.0, 40: 0.1, 69: 0.1,
-                70: 0.01, 79: 0.01}
+    expected = {
+        0: 0.01,
+        5: 0.01 * 0.5 + 0.5,
+        9: 0.01 * 0.1 + 0.9,
+        10: 1.0,
+        39: 1.0,
+        40: 0.1,
+        69: 0.1,
+        70: 0.01,
+        79: 0.01,
+    }
     for epoch, lr in expected.items():
         assert lrs[epoch] == pytest.approx(lr, rel=1e-9), epoch
     assert lrs[5] == pytest.approx(0.505)
@@ -355,8 +417,20 @@ def test_warmup_multistep_linear_values():
 
 
 def test_warmup_constant_values():
-    cfg = _cfg("SOLVER.BASE_LR", "1.0", "SOLVER.WARMUP_FACTOR", "0.1", "SOLVER.WARMUP_ITERS", "5",
-               "SOLVER.STEPS", "(8,)", "SOLVER.GAMMA", "0.5", "SOLVER.WARMUP_METHOD", "constant")
+    cfg = _cfg(
+        "SOLVER.BASE_LR",
+        "1.0",
+        "SOLVER.WARMUP_FACTOR",
+        "0.1",
+        "SOLVER.WARMUP_ITERS",
+        "5",
+        "SOLVER.STEPS",
+        "(8,)",
+        "SOLVER.GAMMA",
+        "0.5",
+        "SOLVER.WARMUP_METHOD",
+        "constant",
+    )
     optimizer = _toy_optimizer(1.0)
     lrs = _lrs(optimizer, build_scheduler(cfg, optimizer), 10)
     assert lrs == pytest.approx([0.1] * 5 + [1.0] * 3 + [0.5] * 2)
@@ -372,8 +446,18 @@ def test_warmup_disabled_and_bad_method():
 
 
 def test_scheduler_state_dict_resume():
-    cfg = _cfg("SOLVER.BASE_LR", "1.0", "SOLVER.WARMUP_FACTOR", "0.01", "SOLVER.WARMUP_ITERS", "10",
-               "SOLVER.STEPS", "(15, 20)", "SOLVER.GAMMA", "0.1")
+    cfg = _cfg(
+        "SOLVER.BASE_LR",
+        "1.0",
+        "SOLVER.WARMUP_FACTOR",
+        "0.01",
+        "SOLVER.WARMUP_ITERS",
+        "10",
+        "SOLVER.STEPS",
+        "(15, 20)",
+        "SOLVER.GAMMA",
+        "0.1",
+    )
     optimizer = _toy_optimizer(1.0)
     scheduler = build_scheduler(cfg, optimizer)
     full = _lrs(optimizer, scheduler, 25)

@@ -20,15 +20,18 @@ def _cfg(*opts):
     return load_config(None, ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_CHOICE", "none", *opts])
 
 
-@pytest.mark.parametrize("text,cls_only,uc,pre_bn,form", [
-    ("baseline", False, False, False, "angle"),
-    ("uc", False, True, False, "angle"),
-    ("uc-bn-no", False, True, True, "angle"),
-    ("clsbaseline", True, False, False, "angle"),
-    ("clsuc", True, True, False, "angle"),
-    ("clsuc-arc", True, True, False, "arc"),
-    ("clsuc-cos", True, True, False, "cos"),
-])
+@pytest.mark.parametrize(
+    "text,cls_only,uc,pre_bn,form",
+    [
+        ("baseline", False, False, False, "angle"),
+        ("uc", False, True, False, "angle"),
+        ("uc-bn-no", False, True, True, "angle"),
+        ("clsbaseline", True, False, False, "angle"),
+        ("clsuc", True, True, False, "angle"),
+        ("clsuc-arc", True, True, False, "arc"),
+        ("clsuc-cos", True, True, False, "cos"),
+    ],
+)
 def test_arch_strings(text, cls_only, uc, pre_bn, form):
     arch = parse_arch(text)
     assert (arch.classification_only, arch.uncertainty, arch.pre_bn, arch.margin_form) == (cls_only, uc, pre_bn, form)
@@ -72,21 +75,25 @@ def test_head_coefficients_train_in_the_poly_group():
     assert not any(id(p) in every for p in model.uc_head.parameters() if not p.requires_grad)  # frozen BN
 
 
-@pytest.mark.parametrize("opts,fragment", [
-    (["MODEL.METRIC_LOSS_TYPE", "uc-tri-n"], "MODEL.ARCH 'uc'"),
-    (["MODEL.ARCH", "clsuc", "MODEL.METRIC_LOSS_TYPE", "triplet", "MODEL.CLS_LOSS_TYPE", "uc-cls"], "alone"),
-    (["MODEL.ARCH", "uc", "MODEL.CLS_LOSS_TYPE", "uc-cls"], "'clsuc'"),
-    (["MODEL.ARCH", "uc", "SOLVER.NORM_LU", "[110, 10]"], "SOLVER.NORM_LU"),
-    (["MODEL.ARCH", "uc", "SOLVER.REG_TYPE", "cubic"], "SOLVER.REG_TYPE"),
-])
+@pytest.mark.parametrize(
+    "opts,fragment",
+    [
+        (["MODEL.METRIC_LOSS_TYPE", "uc-tri-n"], "MODEL.ARCH 'uc'"),
+        (["MODEL.ARCH", "clsuc", "MODEL.METRIC_LOSS_TYPE", "triplet", "MODEL.CLS_LOSS_TYPE", "uc-cls"], "alone"),
+        (["MODEL.ARCH", "uc", "MODEL.CLS_LOSS_TYPE", "uc-cls"], "'clsuc'"),
+        (["MODEL.ARCH", "uc", "SOLVER.NORM_LU", "[110, 10]"], "SOLVER.NORM_LU"),
+        (["MODEL.ARCH", "uc", "SOLVER.REG_TYPE", "cubic"], "SOLVER.REG_TYPE"),
+    ],
+)
 def test_loss_and_arch_mismatches(opts, fragment):
     with pytest.raises(ConfigError, match=fragment):
         build_loss(_cfg(*opts), 5, 16)
 
 
 def test_composite_passes_uc_and_adds_the_regulariser_as_gradient_only():
-    cfg = _cfg("MODEL.ARCH", "uc", "MODEL.METRIC_LOSS_TYPE", "uc-tri-n", "MODEL.CLS_LOSS_TYPE", "none",
-               "SOLVER.MAG_G", "2.0")
+    cfg = _cfg(
+        "MODEL.ARCH", "uc", "MODEL.METRIC_LOSS_TYPE", "uc-tri-n", "MODEL.CLS_LOSS_TYPE", "none", "SOLVER.MAG_G", "2.0"
+    )
     criterion = build_loss(cfg, 4, 8)
     assert criterion.part_names == ("loss", "uc_tri_n_loss", "uc_tri_n_avg_margin", "reg_loss")
     torch.manual_seed(0)
@@ -125,8 +132,15 @@ def _embeddings(seed=0, nq=6, ng=20, d=8):
 def _spec(nq, ng, norm_k):
     import numpy as np
 
-    return EvalSpec(name="x", protocol="reid", query_is_gallery=False,
-                    trials=[(np.arange(nq), np.arange(nq, nq + ng))], recall_ks=(1,), max_rank=5, norm_k=norm_k)
+    return EvalSpec(
+        name="x",
+        protocol="reid",
+        query_is_gallery=False,
+        trials=[(np.arange(nq), np.arange(nq, nq + ng))],
+        recall_ks=(1,),
+        max_rank=5,
+        norm_k=norm_k,
+    )
 
 
 def test_norm_k_distance_matches_brute_force():
@@ -140,8 +154,17 @@ def test_norm_k_distance_matches_brute_force():
             brute[i, j] = 2 * math.asin(min(d.item() / 2, 1.0)) - k * uc[nq + j].item()
     torch.testing.assert_close(uncertainty_distance(uc[nq:], k)(q, gal), brute, rtol=1e-5, atol=1e-5)
     result = evaluate_embeddings(_spec(nq, ng, k), feats, labels, camids, uc=uc)
-    expected = reid_metrics(q, gal, labels[:nq], labels[nq:], camids[:nq], camids[nq:], max_rank=5,
-                            distance_fn=lambda qq, gg: brute[: len(qq)], chunk_size=nq)
+    expected = reid_metrics(
+        q,
+        gal,
+        labels[:nq],
+        labels[nq:],
+        camids[:nq],
+        camids[nq:],
+        max_rank=5,
+        distance_fn=lambda qq, gg: brute[: len(qq)],
+        chunk_size=nq,
+    )
     assert result["mAP"] == pytest.approx(expected["mAP"]) and result["rank1"] == pytest.approx(expected["rank1"])
     plain = evaluate_embeddings(_spec(nq, ng, 0.0), feats, labels, camids, uc=uc)
     assert result["mAP"] != pytest.approx(plain["mAP"])  # K changes the ranking ...
@@ -149,11 +172,14 @@ def test_norm_k_distance_matches_brute_force():
     assert tiny["mAP"] == pytest.approx(plain["mAP"])  # ... and K -> 0 is the plain angle (monotone in d)
 
 
-@pytest.mark.parametrize("opts,fragment", [
-    (["MODEL.ARCH", "clsuc", "TEST.FEAT_NORM", "no"], "TEST.FEAT_NORM"),
-    (["MODEL.ARCH", "baseline"], "uncertainty head"),
-    (["MODEL.ARCH", "clsuc", "TEST.RE_RANKING", "yes"], "RE_RANKING"),
-])
+@pytest.mark.parametrize(
+    "opts,fragment",
+    [
+        (["MODEL.ARCH", "clsuc", "TEST.FEAT_NORM", "no"], "TEST.FEAT_NORM"),
+        (["MODEL.ARCH", "baseline"], "uncertainty head"),
+        (["MODEL.ARCH", "clsuc", "TEST.RE_RANKING", "yes"], "RE_RANKING"),
+    ],
+)
 def test_norm_k_config_errors(opts, fragment):
     from data.records import DatasetSplits, Record
     from engine.evaluation.protocol import build_eval_spec

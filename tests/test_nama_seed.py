@@ -22,7 +22,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TRAIN_UC_TRI_N = r'''
+TRAIN_UC_TRI_N = r"""
 {
 LOSS=uc-tri-n # pairwise loss : cosface tri-n
 LOSS_CLS=softmax # classification loss 
@@ -50,9 +50,9 @@ do
   
 done
 }
-'''
+"""
 
-TRAIN_UC_CLS = r'''
+TRAIN_UC_CLS = r"""
 {
 EPOCHS=12 # 120
 SEED=42
@@ -83,9 +83,9 @@ do
       }
 done
 }
-'''
+"""
 
-TEST_VISRANK = r'''
+TEST_VISRANK = r"""
 K=0.0   # 测试期间距离计算时加入不确定度的强度，一般用0
 # TEST.VISRANK： 测试时可视化排序结果数量
 for DATASET in market1501 # msmt17  # market1501
@@ -99,7 +99,7 @@ do
       $APPEND
     }
 done
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +117,10 @@ def _run_block(script: str, workdir: Path, **env_vars: str) -> subprocess.Comple
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["APPEND"] = ("DATASETS.ROOT_DIR ./datasets INPUT.SIZE_TRAIN [32,16] INPUT.SIZE_TEST [32,16] "
-                     "MODEL.PRETRAIN_CHOICE none DATALOADER.NUM_WORKERS 0")
+    env["APPEND"] = (
+        "DATASETS.ROOT_DIR ./datasets INPUT.SIZE_TRAIN [32,16] INPUT.SIZE_TEST [32,16] "
+        "MODEL.PRETRAIN_CHOICE none DATALOADER.NUM_WORKERS 0"
+    )
     env.update(env_vars)
     # train.py / test.py are run from the work folder, as the README's relative paths expect
     for entry in ("train.py", "test.py"):
@@ -163,7 +165,10 @@ def test_test_block_with_another_f_base_names_both(workdir):
     out = workdir / "logs/cls+/market1501/Exp-log-nn_128-d-bnneck-uc-cls-10*12-s16-m0.0-g"
     if not (out / "best.pt").is_file():
         pytest.skip("needs the uc-cls run of the previous test")
-    proc = _run_block(TEST_VISRANK.replace("TEST.VISRANK 10", "TEST.VISRANK 0 MODEL.F_BASE nn_64"), workdir,
-                      CHECKPOINT=str(out / "best.pt"))
+    proc = _run_block(
+        TEST_VISRANK.replace("TEST.VISRANK 10", "TEST.VISRANK 0 MODEL.F_BASE nn_64"),
+        workdir,
+        CHECKPOINT=str(out / "best.pt"),
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "MODEL.F_BASE 'nn_64'" in proc.stderr and "uc_head" in proc.stderr

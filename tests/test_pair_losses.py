@@ -116,10 +116,12 @@ def _ref_ms(x, labels, pos_scale, neg_scale, thresh, eps, coef) -> torch.Tensor:
     pos_keep, neg_keep = _ref_ms_mining([[v.item() for v in row] for row in s], labels, eps)
     total = x.sum() * 0.0
     for i in range(n):
-        pos_sum = sum((torch.exp(-pos_scale * (s[i][p] - thresh)) for p in range(n) if (i, p) in pos_keep),
-                      x.sum() * 0.0)
-        neg_sum = sum((torch.exp(neg_scale * (s[i][k] - thresh)) for k in range(n) if (i, k) in neg_keep),
-                      x.sum() * 0.0)
+        pos_sum = sum(
+            (torch.exp(-pos_scale * (s[i][p] - thresh)) for p in range(n) if (i, p) in pos_keep), x.sum() * 0.0
+        )
+        neg_sum = sum(
+            (torch.exp(neg_scale * (s[i][k] - thresh)) for k in range(n) if (i, k) in neg_keep), x.sum() * 0.0
+        )
         total = total + coef / pos_scale * torch.log(1 + pos_sum) + coef / neg_scale * torch.log(1 + neg_sum)
     return total / n
 
@@ -210,7 +212,7 @@ def test_contrastive_matches_loop_reference(reduction, margin, seed):
     labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 0, 4])
     x = _features(10, 4, seed)
     loss_fn = ContrastiveLoss(margin=margin, reduction=reduction)
-    value, grad = _value_and_grad(lambda f: loss_fn(f, labels), x)
+    value, grad = _value_and_grad(lambda f: loss_fn(f, labels), x)  # noqa: B023 (called at once)
     ref_value, ref_grad = _value_and_grad(lambda f: _ref_contrastive(f, labels, margin, reduction), x)
     assert value.dtype == torch.float64 and value.dim() == 0
     assert_close(value, ref_value)
@@ -228,8 +230,12 @@ def test_contrastive_gradient_matches_pml(reduction):
     x = _features(12, 6, 7)
     margin = 0.2
     ours = ContrastiveLoss(margin=margin, reduction=reduction)
-    pml = pml_losses.ContrastiveLoss(pos_margin=1.0, neg_margin=margin, distance=CosineSimilarity(),
-                                     reducer=SumReducer() if reduction == "sum" else MeanReducer())
+    pml = pml_losses.ContrastiveLoss(
+        pos_margin=1.0,
+        neg_margin=margin,
+        distance=CosineSimilarity(),
+        reducer=SumReducer() if reduction == "sum" else MeanReducer(),
+    )
     value, grad = _value_and_grad(lambda f: ours(f, labels), x)
     pml_value, pml_grad = _value_and_grad(lambda f: pml(f, labels), x)
     s = cosine_similarities(x)
@@ -285,8 +291,9 @@ def _pml_ms(x, labels, pos_scale, neg_scale, thresh, eps):
     return loss(x, labels, miner(x, labels))
 
 
-@pytest.mark.parametrize("pos_scale,neg_scale,thresh,eps", [(2.0, 40.0, 0.5, 0.1), (2.0, 50.0, 0.5, 0.1),
-                                                            (1.0, 10.0, 0.3, 0.2)])
+@pytest.mark.parametrize(
+    "pos_scale,neg_scale,thresh,eps", [(2.0, 40.0, 0.5, 0.1), (2.0, 50.0, 0.5, 0.1), (1.0, 10.0, 0.3, 0.2)]
+)
 @pytest.mark.parametrize("spread,seed", [(1.0, 1), (3.0, 0), (3.0, 1)])
 def test_ms_coef1_matches_pml(pos_scale, neg_scale, thresh, eps, spread, seed):
     labels = _pk_labels(4, 4)
@@ -295,8 +302,7 @@ def test_ms_coef1_matches_pml(pos_scale, neg_scale, thresh, eps, spread, seed):
     pos_keep, neg_keep = multi_similarity_mining(cosine_similarities(x), *pair_masks(labels), eps)
     idle = ~pos_keep.any(1) & ~neg_keep.any(1)
     assert idle.any() and not idle.all()
-    loss_fn = MultiSimilarityLoss(pos_scale=pos_scale, neg_scale=neg_scale, thresh=thresh, mining_margin=eps,
-                                  coef=1.0)
+    loss_fn = MultiSimilarityLoss(pos_scale=pos_scale, neg_scale=neg_scale, thresh=thresh, mining_margin=eps, coef=1.0)
     value, grad = _value_and_grad(lambda f: loss_fn(f, labels), x)
     pml_value, pml_grad = _value_and_grad(lambda f: _pml_ms(f, labels, pos_scale, neg_scale, thresh, eps), x)
     assert value.dtype == torch.float64
@@ -357,13 +363,13 @@ def test_asms_mining_matches_loop(g_pos, g_neg, seed):
     assert _as_pairs(pos_keep) == ref_pos and _as_pairs(neg_keep) == ref_neg
     assert ref_pos and ref_neg
     # tensor tolerances (AT-ASMS's) give the same masks
-    t_pos, t_neg = asms_mining(s, *pair_masks(labels), torch.tensor(g_pos, dtype=s.dtype),
-                               torch.tensor(g_neg, dtype=s.dtype))
+    t_pos, t_neg = asms_mining(
+        s, *pair_masks(labels), torch.tensor(g_pos, dtype=s.dtype), torch.tensor(g_neg, dtype=s.dtype)
+    )
     assert torch.equal(t_pos, pos_keep) and torch.equal(t_neg, neg_keep)
 
 
-@pytest.mark.parametrize("spread,seed,branch", [(3.0, 1, "r>1"), (3.0, 0, "r>1"), (0.3, 0, "r<=1"),
-                                                (0.6, 1, "r<=1")])
+@pytest.mark.parametrize("spread,seed,branch", [(3.0, 1, "r>1"), (3.0, 0, "r>1"), (0.3, 0, "r<=1"), (0.6, 1, "r<=1")])
 @pytest.mark.parametrize("margin", [0.1, 0.2])
 def test_at_asms_tolerances_match_loop(spread, seed, branch, margin):
     labels = _pk_labels(4, 4)
@@ -388,7 +394,11 @@ def test_at_asms_without_positives_is_asms():
 
 _SOFT_CASES = [
     # (mining, spread, seed): random batches (AT-ASMS in its r > 1 branch) and clustered ones (r <= 1)
-    ("at_asms", 3.0, 1), ("at_asms", 0.6, 1), ("asms", 3.0, 0), ("asms", 1.0, 1), ("none", 3.0, 0),
+    ("at_asms", 3.0, 1),
+    ("at_asms", 0.6, 1),
+    ("asms", 3.0, 0),
+    ("asms", 1.0, 1),
+    ("none", 3.0, 0),
     ("none", 0.6, 2),
 ]
 
@@ -399,8 +409,7 @@ def test_soft_contrastive_matches_loop_reference(mining, spread, seed):
     x = _clustered(4, 4, 8, spread, seed, tight_first=0.05)
     loss_fn = SoftContrastiveLoss(mining=mining)  # spec defaults: pos 2, neg 40, thresh 0.7, margin 0.1
     value, grad = _value_and_grad(lambda f: loss_fn(f, labels), x)
-    ref_value, ref_grad = _value_and_grad(
-        lambda f: _ref_soft_contrastive(f, labels, 2.0, 40.0, 0.7, mining, 0.1), x)
+    ref_value, ref_grad = _value_and_grad(lambda f: _ref_soft_contrastive(f, labels, 2.0, 40.0, 0.7, mining, 0.1), x)
     assert value.dtype == torch.float64
     assert_close(value, ref_value)
     assert_close(grad, ref_grad)
@@ -432,9 +441,11 @@ def test_soft_contrastive_other_hyper_parameters(thresh, pos_scale, neg_scale, m
     x = _features(12, 4, 6)
     for mining in ("at_asms", "asms"):
         loss_fn = SoftContrastiveLoss(pos_scale, neg_scale, thresh, mining, margin)
-        value, grad = _value_and_grad(lambda f: loss_fn(f, labels), x)
+        value, grad = _value_and_grad(lambda f, loss_fn=loss_fn: loss_fn(f, labels), x)
         ref_value, ref_grad = _value_and_grad(
-            lambda f: _ref_soft_contrastive(f, labels, pos_scale, neg_scale, thresh, mining, margin), x)
+            lambda f: _ref_soft_contrastive(f, labels, pos_scale, neg_scale, thresh, mining, margin),  # noqa: B023
+            x,
+        )
         assert_close(value, ref_value)
         assert_close(grad, ref_grad)
 
@@ -488,8 +499,11 @@ def test_gradcheck_float64(make):
 @pytest.mark.parametrize("make", _MAKERS, ids=_IDS)
 @pytest.mark.parametrize("case", ["no_positive", "single_class", "single_sample"])
 def test_degenerate_batches_have_finite_gradients(make, case):
-    labels = {"no_positive": torch.arange(6), "single_class": torch.zeros(6, dtype=torch.long),
-              "single_sample": torch.tensor([3])}[case]
+    labels = {
+        "no_positive": torch.arange(6),
+        "single_class": torch.zeros(6, dtype=torch.long),
+        "single_sample": torch.tensor([3]),
+    }[case]
     x = _features(len(labels), 5, 2, torch.float32).requires_grad_(True)
     loss_fn = make()
     loss = loss_fn(x, labels)
@@ -549,19 +563,22 @@ def test_decreases_under_adam(make):
     assert values[-1] < 0.5 * values[0], values
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda: ContrastiveLoss(reduction="avg"), "reduction"),
-    (lambda: ContrastiveLoss(margin=float("nan")), "margin"),
-    (lambda: MultiSimilarityLoss(pos_scale=-2.0), "pos_scale"),
-    (lambda: MultiSimilarityLoss(neg_scale=0.0), "neg_scale"),
-    (lambda: MultiSimilarityLoss(coef=-1.0), "coef"),
-    (lambda: MultiSimilarityLoss(mining_margin=-0.1), "mining_margin"),
-    (lambda: MultiSimilarityLoss(thresh=float("inf")), "thresh"),
-    (lambda: SoftContrastiveLoss(mining="hard"), "mining"),
-    (lambda: SoftContrastiveLoss(pos_scale=0.0), "pos_scale"),
-    (lambda: SoftContrastiveLoss(neg_scale=-40.0), "neg_scale"),
-    (lambda: SoftContrastiveLoss(margin=-0.1), "margin"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: ContrastiveLoss(reduction="avg"), "reduction"),
+        (lambda: ContrastiveLoss(margin=float("nan")), "margin"),
+        (lambda: MultiSimilarityLoss(pos_scale=-2.0), "pos_scale"),
+        (lambda: MultiSimilarityLoss(neg_scale=0.0), "neg_scale"),
+        (lambda: MultiSimilarityLoss(coef=-1.0), "coef"),
+        (lambda: MultiSimilarityLoss(mining_margin=-0.1), "mining_margin"),
+        (lambda: MultiSimilarityLoss(thresh=float("inf")), "thresh"),
+        (lambda: SoftContrastiveLoss(mining="hard"), "mining"),
+        (lambda: SoftContrastiveLoss(pos_scale=0.0), "pos_scale"),
+        (lambda: SoftContrastiveLoss(neg_scale=-40.0), "neg_scale"),
+        (lambda: SoftContrastiveLoss(margin=-0.1), "margin"),
+    ],
+)
 def test_bad_arguments(make, message):
     with pytest.raises(ValueError, match=message):
         make()

@@ -56,8 +56,16 @@ def test_bn_freeze_keeps_backbone_batchnorms_in_eval_with_frozen_affine():
 
 
 def test_step_lr_by_epoch():
-    cfg = _cfg("SOLVER.LR_SCHEDULER", "step", "SOLVER.LR_DECAY_STEP", "2", "SOLVER.LR_DECAY_GAMMA", "0.25",
-               "SOLVER.BASE_LR", "0.1")
+    cfg = _cfg(
+        "SOLVER.LR_SCHEDULER",
+        "step",
+        "SOLVER.LR_DECAY_STEP",
+        "2",
+        "SOLVER.LR_DECAY_GAMMA",
+        "0.25",
+        "SOLVER.BASE_LR",
+        "0.1",
+    )
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     scheduler = build_scheduler(cfg, optimizer)
     rates = []
@@ -69,9 +77,26 @@ def test_step_lr_by_epoch():
 
 
 def test_gradient_value_clipping_applies_to_true_gradients():
-    cfg = _cfg("SOLVER.GRAD_CLIP", "0.5", "SOLVER.OPTIMIZER_NAME", "SGD", "SOLVER.MOMENTUM", "0",
-               "SOLVER.WEIGHT_DECAY", "0", "SOLVER.WEIGHT_DECAY_BIAS", "0", "SOLVER.WARMUP_ITERS", "0",
-               "SOLVER.BASE_LR", "1.0", "MODEL.METRIC_LOSS_TYPE", "none", "SOLVER.WEIGHT_DECAY_NECK", "0")
+    cfg = _cfg(
+        "SOLVER.GRAD_CLIP",
+        "0.5",
+        "SOLVER.OPTIMIZER_NAME",
+        "SGD",
+        "SOLVER.MOMENTUM",
+        "0",
+        "SOLVER.WEIGHT_DECAY",
+        "0",
+        "SOLVER.WEIGHT_DECAY_BIAS",
+        "0",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "SOLVER.BASE_LR",
+        "1.0",
+        "MODEL.METRIC_LOSS_TYPE",
+        "none",
+        "SOLVER.WEIGHT_DECAY_NECK",
+        "0",
+    )
     model = torch.nn.Linear(2, 2, bias=False)
     criterion = build_loss(cfg, 2, 2)
     solver = build_solver(cfg, model, criterion)
@@ -86,7 +111,9 @@ def test_gradient_value_clipping_applies_to_true_gradients():
 
 def test_unknown_scheduler_is_named():
     with pytest.raises(ConfigError, match="SOLVER.LR_SCHEDULER"):
-        build_scheduler(_cfg("SOLVER.LR_SCHEDULER", "cosine"), torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1))
+        build_scheduler(
+            _cfg("SOLVER.LR_SCHEDULER", "cosine"), torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1)
+        )
 
 
 def test_feature_is_normalised_for_the_loss_too():

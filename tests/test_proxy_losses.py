@@ -89,8 +89,7 @@ def test_matmul_normalized_rows_matches_explicit_normalisation():
     a, p = _features(6, 5, 0), _features(9, 5, 1) * 3.0
     out = matmul_normalized_rows(a, p)
     torch.testing.assert_close(out, a @ torch.nn.functional.normalize(p, dim=1).t(), **F64)
-    assert torch.autograd.gradcheck(matmul_normalized_rows,
-                                    (a.requires_grad_(True), p.requires_grad_(True)))
+    assert torch.autograd.gradcheck(matmul_normalized_rows, (a.requires_grad_(True), p.requires_grad_(True)))
 
 
 @pytest.mark.parametrize("cls", [ProxyNCALoss, ProxyAnchorLoss, AMLoss])
@@ -110,14 +109,24 @@ def test_proxy_init_and_parameter_names(cls):
     assert torch.equal(loss_fn.proxies.detach(), expected)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: ProxyNCALoss(0, 8), lambda: ProxyNCALoss(4, 0), lambda: ProxyNCALoss(4, 8, scale=-1.0),
-    lambda: ProxyNCALoss(4, 8, scale=0.0), lambda: ProxyAnchorLoss(4, 8, alpha=0.0),
-    lambda: ProxyAnchorLoss(4, 8, delta=-0.1), lambda: ProxyAnchorLoss(4, 8, alpha=float("nan")),
-    lambda: AMLoss(4, 8, alpha_pos=-32.0), lambda: AMLoss(4, 8, alpha_neg=0.0),
-    lambda: AMLoss(4, 8, delta_neg=-0.1), lambda: AMLoss(4, 8, margin_init=-0.1),
-    lambda: AMLoss(4, 8, pp_delta=float("inf")), lambda: AMLoss(4, 8, pp_weight=-1.0),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ProxyNCALoss(0, 8),
+        lambda: ProxyNCALoss(4, 0),
+        lambda: ProxyNCALoss(4, 8, scale=-1.0),
+        lambda: ProxyNCALoss(4, 8, scale=0.0),
+        lambda: ProxyAnchorLoss(4, 8, alpha=0.0),
+        lambda: ProxyAnchorLoss(4, 8, delta=-0.1),
+        lambda: ProxyAnchorLoss(4, 8, alpha=float("nan")),
+        lambda: AMLoss(4, 8, alpha_pos=-32.0),
+        lambda: AMLoss(4, 8, alpha_neg=0.0),
+        lambda: AMLoss(4, 8, delta_neg=-0.1),
+        lambda: AMLoss(4, 8, margin_init=-0.1),
+        lambda: AMLoss(4, 8, pp_delta=float("inf")),
+        lambda: AMLoss(4, 8, pp_weight=-1.0),
+    ],
+)
 def test_bad_arguments(make):
     with pytest.raises(ValueError):
         make()
@@ -240,11 +249,14 @@ def _amloss(seed: int, dtype=torch.float64, **kwargs) -> AMLoss:
 
 
 @pytest.mark.parametrize("block", [1024, 3, 1])  # L_pp in strips of `block` proxies: 1, 3 (3 + 3 + 1), 7
-@pytest.mark.parametrize("kwargs", [
-    {},
-    dict(alpha_pos=48.0, alpha_neg=16.0, delta_neg=0.2, pp_delta=0.3, pp_weight=0.7),
-    dict(alpha_pos=8.0, alpha_neg=100.0, pp_weight=0.0),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        dict(alpha_pos=48.0, alpha_neg=16.0, delta_neg=0.2, pp_delta=0.3, pp_weight=0.7),
+        dict(alpha_pos=8.0, alpha_neg=100.0, pp_weight=0.0),
+    ],
+)
 def test_amloss_matches_loop_reference(kwargs, block):
     loss_fn = _amloss(30, **kwargs)
     loss_fn._pp_block = block
@@ -308,8 +320,7 @@ def test_amloss_single_class_batch_and_one_class():
     value, gx, grads = _value_and_grads(loss_fn, _features(6, 5, 61), labels)
     assert torch.isfinite(value) and all(torch.isfinite(g).all() for g in (gx, *grads.values()))
     x = _features(6, 5, 61).requires_grad_(True)
-    ref = _reference_amloss(x, labels, loss_fn.proxies.detach(), loss_fn.margins.detach(),
-                            32.0, 32.0, 0.1, 0.1, 1.0)
+    ref = _reference_amloss(x, labels, loss_fn.proxies.detach(), loss_fn.margins.detach(), 32.0, 32.0, 0.1, 0.1, 1.0)
     torch.testing.assert_close(value, ref.detach(), **F64)
     # a single class overall: no j != i in L_pp, and no negatives at all
     one = AMLoss(1, 4).double()
@@ -321,9 +332,12 @@ def test_amloss_single_class_batch_and_one_class():
 # All three: gradcheck, edge cases, dtypes, training
 # ------------------------------------------------------------------------------------------------
 def _all_losses(num_classes: int, feat_dim: int) -> list[torch.nn.Module]:
-    return [ProxyNCALoss(num_classes, feat_dim), ProxyAnchorLoss(num_classes, feat_dim),
-            AMLoss(num_classes, feat_dim, alpha_pos=24.0, alpha_neg=40.0),
-            ProxyAnchorLoss(num_classes, feat_dim, alpha=100.0)]
+    return [
+        ProxyNCALoss(num_classes, feat_dim),
+        ProxyAnchorLoss(num_classes, feat_dim),
+        AMLoss(num_classes, feat_dim, alpha_pos=24.0, alpha_neg=40.0),
+        ProxyAnchorLoss(num_classes, feat_dim, alpha=100.0),
+    ]
 
 
 @pytest.mark.parametrize("index", range(4))

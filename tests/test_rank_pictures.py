@@ -52,6 +52,7 @@ def _reference(dist, qlab, qcam, glab, gcam, top_k, reid=True, query_is_gallery=
             if reid and qlab[q] == glab[g] and qcam[q] == gcam[g] and qcam[q] != -1:
                 continue  # junk: same identity seen by the same camera
             valid.append(g)
+
         # NaN last, then ascending distance, ties by gallery index.
         def key(g, q=q):
             d = dist[q, g]
@@ -65,15 +66,17 @@ def _reference(dist, qlab, qcam, glab, gcam, top_k, reid=True, query_is_gallery=
         if match_ranks:
             r = match_ranks[-1]
             last = (r, ranking[r - 1], dist[q, ranking[r - 1]])
-        out.append({
-            "top": top,
-            "dist": [dist[q, g] for g in top],
-            "match": [bool(glab[g] == qlab[q]) for g in top],
-            "ap": ap,
-            "num_matches": len(match_ranks),
-            "num_valid": len(valid),
-            "last": last,
-        })
+        out.append(
+            {
+                "top": top,
+                "dist": [dist[q, g] for g in top],
+                "match": [bool(glab[g] == qlab[q]) for g in top],
+                "ap": ap,
+                "num_matches": len(match_ranks),
+                "num_valid": len(valid),
+                "last": last,
+            }
+        )
     return out
 
 
@@ -158,7 +161,10 @@ def test_chunking_gives_identical_results():
             assert a.is_match.tolist() == b.is_match.tolist()
             assert (a.ap, a.num_matches, a.num_valid) == (b.ap, b.num_matches, b.num_valid)
             assert (a.last_match_rank, a.last_match_index, a.last_match_distance) == (
-                b.last_match_rank, b.last_match_index, b.last_match_distance)
+                b.last_match_rank,
+                b.last_match_index,
+                b.last_match_distance,
+            )
 
 
 @pytest.fixture(params=["numpy", "torch"])
@@ -202,8 +208,9 @@ def test_retrieval_query_is_gallery_excludes_self_only():
     labels = rng.integers(0, 4, n)
     labels[7] = labels[3]
     labels[11] = 50  # a singleton class: no true match once itself is removed
-    records = ranked_lists(_fn(dist), n, labels, None, labels, None, top_k=5, reid=False, chunk=4,
-                           query_is_gallery=True)
+    records = ranked_lists(
+        _fn(dist), n, labels, None, labels, None, top_k=5, reid=False, chunk=4, query_is_gallery=True
+    )
     _check(records, _reference(dist, labels, None, labels, None, 5, reid=False, query_is_gallery=True), 5)
     for rec in records:
         assert rec.query_index not in rec.gallery_indices.tolist()
@@ -317,9 +324,18 @@ def test_rank_record_layout_of_the_case(picture_case):
 def test_pictures_files_size_colours(picture_case, caplog):
     out_dir, query_paths, gallery_paths, ranked, qlab, glab = picture_case
     with caplog.at_level(logging.WARNING, logger="engine.reporting.rank_pictures"):
-        written = write_rank_pictures(out_dir / "run", "toyset", query_paths, gallery_paths, ranked, qlab, glab,
-                                      query_norms=torch.tensor([1.0, 2.0, 3.0, 4.0]),
-                                      gallery_norms=np.linspace(1, 2, 9), size=SIZE)
+        written = write_rank_pictures(
+            out_dir / "run",
+            "toyset",
+            query_paths,
+            gallery_paths,
+            ranked,
+            qlab,
+            glab,
+            query_norms=torch.tensor([1.0, 2.0, 3.0, 4.0]),
+            gallery_norms=np.linspace(1, 2, 9),
+            size=SIZE,
+        )
     folder = out_dir / "run" / "visrank" / "toyset"
     expected = [folder / f"{i:05d}_{i:04d}_c1s1_query{i}.jpg" for i in range(4)]
     assert written == expected

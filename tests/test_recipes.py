@@ -27,13 +27,18 @@ RECIPES = sorted(p.name for p in (ROOT / "configs").glob("*.yml") if p.name.star
 
 
 def test_every_dataset_and_backbone_has_both_recipes():
-    expected = {f"{loss}_{dataset}_{backbone}.yml" for loss in ("proxy_anchor", "amloss") for dataset in TREES
-                for backbone in ("bninception", "resnet50")}
+    expected = {
+        f"{loss}_{dataset}_{backbone}.yml"
+        for loss in ("proxy_anchor", "amloss")
+        for dataset in TREES
+        for backbone in ("bninception", "resnet50")
+    }
     assert set(RECIPES) == expected
 
 
-@pytest.mark.parametrize("name", ["amloss_cub_bninception.yml", "amloss_sop_resnet50.yml",
-                                  "proxy_anchor_inshop_resnet50.yml"])
+@pytest.mark.parametrize(
+    "name", ["amloss_cub_bninception.yml", "amloss_sop_resnet50.yml", "proxy_anchor_inshop_resnet50.yml"]
+)
 def test_recipe_keys_follow_the_seed_flags(name):
     cfg = load_config(ROOT / "configs" / name, [])
     text = (ROOT / "configs" / name).read_text()
@@ -57,10 +62,21 @@ def test_recipe_trains_one_tiny_epoch(name, tmp_path):
     TREES[dataset](data_root)
     fill_images(data_root)
     out = tmp_path / "out"
-    opts = {"MODEL.PRETRAIN_CHOICE": "none", "DATASETS.ROOT_DIR": str(data_root), "INPUT.SIZE_TRAIN": "[64, 64]",
-            "INPUT.SIZE_TEST": "[64, 64]", "INPUT.RESIZE_TEST": "72", "SOLVER.IMS_PER_BATCH": "6",
-            "SOLVER.MAX_EPOCHS": "1", "SOLVER.EVAL_PERIOD": "1", "DATALOADER.NUM_WORKERS": "0",
-            "TEST.IMS_PER_BATCH": "16", "OUTPUT_DIR": str(out), "LOG.PLOTS": "no", "LOG.TENSORBOARD": "no"}
+    opts = {
+        "MODEL.PRETRAIN_CHOICE": "none",
+        "DATASETS.ROOT_DIR": str(data_root),
+        "INPUT.SIZE_TRAIN": "[64, 64]",
+        "INPUT.SIZE_TEST": "[64, 64]",
+        "INPUT.RESIZE_TEST": "72",
+        "SOLVER.IMS_PER_BATCH": "6",
+        "SOLVER.MAX_EPOCHS": "1",
+        "SOLVER.EVAL_PERIOD": "1",
+        "DATALOADER.NUM_WORKERS": "0",
+        "TEST.IMS_PER_BATCH": "16",
+        "OUTPUT_DIR": str(out),
+        "LOG.PLOTS": "no",
+        "LOG.TENSORBOARD": "no",
+    }
     result = train(load_config(ROOT / "configs" / name, [x for kv in opts.items() for x in kv]))
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["protocol"] == "retrieval" and 0.0 <= result["R@1"] <= 1.0
@@ -73,18 +89,32 @@ def test_warm_epochs_train_only_the_embedding_and_loss_then_everything(tmp_path)
     data_root = tmp_path / "data"
     make_cub_tree(data_root)
     fill_images(data_root)
-    opts = {"MODEL.PRETRAIN_CHOICE": "none", "MODEL.NAME": "resnet18", "DATASETS.ROOT_DIR": str(data_root),
-            "INPUT.SIZE_TRAIN": "[64, 64]", "INPUT.SIZE_TEST": "[64, 64]", "INPUT.RESIZE_TEST": "72",
-            "SOLVER.IMS_PER_BATCH": "6", "SOLVER.EVAL_PERIOD": "5", "DATALOADER.NUM_WORKERS": "0",
-            "TEST.IMS_PER_BATCH": "16", "LOG.PLOTS": "no", "LOG.TENSORBOARD": "no", "SOLVER.CHECKPOINT_PERIOD": "1"}
+    opts = {
+        "MODEL.PRETRAIN_CHOICE": "none",
+        "MODEL.NAME": "resnet18",
+        "DATASETS.ROOT_DIR": str(data_root),
+        "INPUT.SIZE_TRAIN": "[64, 64]",
+        "INPUT.SIZE_TEST": "[64, 64]",
+        "INPUT.RESIZE_TEST": "72",
+        "SOLVER.IMS_PER_BATCH": "6",
+        "SOLVER.EVAL_PERIOD": "5",
+        "DATALOADER.NUM_WORKERS": "0",
+        "TEST.IMS_PER_BATCH": "16",
+        "LOG.PLOTS": "no",
+        "LOG.TENSORBOARD": "no",
+        "SOLVER.CHECKPOINT_PERIOD": "1",
+    }
     cfg_opts = [x for kv in {**opts, "SOLVER.MAX_EPOCHS": "2", "OUTPUT_DIR": str(tmp_path / "out")}.items() for x in kv]
     cfg = load_config(ROOT / "configs" / "proxy_anchor_cub_resnet50.yml", [*cfg_opts, "SOLVER.WARM_EPOCHS", "1"])
     torch.manual_seed(cfg.SEED)
     initial = build_model(cfg).state_dict()
     train(cfg)
     after = [torch.load(tmp_path / "out" / "checkpoints" / f"checkpoint_{e}.pt", weights_only=False) for e in (1, 2)]
-    conv = "backbone.body.conv1.weight" if "backbone.body.conv1.weight" in initial else next(
-        k for k in initial if k.endswith("conv1.weight"))
+    conv = (
+        "backbone.body.conv1.weight"
+        if "backbone.body.conv1.weight" in initial
+        else next(k for k in initial if k.endswith("conv1.weight"))
+    )
     bn_weight = next(k for k in initial if k.startswith("backbone") and k.endswith("bn1.weight"))
     bn_mean = bn_weight.replace("weight", "running_mean")
     assert torch.equal(after[0]["model"][conv], initial[conv])  # warm epoch: backbone frozen

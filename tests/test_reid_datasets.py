@@ -126,8 +126,9 @@ def _msmt_name(pid: int, index: int, cam: int, frame: int) -> str:
     return f"{pid:04d}_{index:03d}_{cam:02d}_0303morning_{frame:04d}_0.jpg"
 
 
-def make_msmt17(root: Path, folder: str = "msmt17/MSMT17_V1", train_dir: str = "train", test_dir: str = "test",
-                lists: bool = True) -> dict:
+def make_msmt17(
+    root: Path, folder: str = "msmt17/MSMT17_V1", train_dir: str = "train", test_dir: str = "test", lists: bool = True
+) -> dict:
     """Train pids 0..3 (3 images: 2 in list_train, 1 in list_val); test pids 0..2 (1 query, 3 gallery).
 
     With lists=False: the folder form train/<pid>/, query/<pid>/, gallery/<pid>/ (train_dir names train/).
@@ -316,8 +317,12 @@ def make_vehicleid(root: Path, folder: str = "VehicleID_V1.0") -> dict:
         lists["small"] += [(f"{next(number):07d}", vid) for _ in range(count)]
     lists["medium"] = lists["small"] + [(f"{next(number):07d}", 201) for _ in range(2)]
     lists["large"] = lists["medium"] + [(f"{next(number):07d}", vid) for vid in (301, 302, 302)]
-    files = {"train": "train_list.txt", "small": "test_list_800.txt", "medium": "test_list_1600.txt",
-             "large": "test_list_2400.txt"}
+    files = {
+        "train": "train_list.txt",
+        "small": "test_list_800.txt",
+        "medium": "test_list_1600.txt",
+        "large": "test_list_2400.txt",
+    }
     for key, items in lists.items():
         for name, _ in items:
             _touch(base / "image" / f"{name}.jpg")
@@ -619,8 +624,11 @@ def test_csv_absolute_path_and_blank_lines(tmp_path):
     [
         ("label,split\n", [], ["no column 'path'", "line 1", "found: label,split"]),
         ("path,camid\na.jpg,0\n", ["a.jpg"], ["no column 'label'", "line 1"]),
-        ("path,label,split\na.jpg,1,train\nb.jpg,1,test\n", ["a.jpg", "b.jpg"],
-         ["line 3", "column split", "'test'", "train, query, gallery"]),
+        (
+            "path,label,split\na.jpg,1,train\nb.jpg,1,test\n",
+            ["a.jpg", "b.jpg"],
+            ["line 3", "column split", "'test'", "train, query, gallery"],
+        ),
         ("path,label,split\na.jpg,1,train\nb.jpg,2,gallery\n", ["a.jpg", "b.jpg"], ["no rows with split 'query'"]),
         ("path,label\na.jpg,1\nmissing/b.jpg,2\n", ["a.jpg"], ["line 3", "missing/b.jpg", "relative to the CSV"]),
         ("path,label,camid\na.jpg,1,front\n", ["a.jpg"], ["line 2", "column camid", "'front'"]),

@@ -72,8 +72,9 @@ def _assert_zero_with_finite_grad(loss_fn, labels: torch.Tensor, d: int = 5) -> 
     assert torch.equal(x.grad, torch.zeros_like(x))
 
 
-def _train_decreases(loss_fn, labels: torch.Tensor, d: int = 8, steps: int = 30, lr: float = 0.05,
-                     extra_params: tuple = ()) -> list[float]:
+def _train_decreases(
+    loss_fn, labels: torch.Tensor, d: int = 8, steps: int = 30, lr: float = 0.05, extra_params: tuple = ()
+) -> list[float]:
     x = torch.nn.Parameter(_features(len(labels), d, 11))
     opt = torch.optim.Adam([x, *extra_params], lr=lr)
     values = []
@@ -94,8 +95,10 @@ def _pml_tri_n(feats: torch.Tensor, labels: torch.Tensor, margin: float | None) 
     distance = LpDistance(normalize_embeddings=True)
     miner = pml_miners.BatchHardMiner(distance=distance)
     loss_fn = pml_losses.TripletMarginLoss(
-        margin=0.0 if margin is None else margin, smooth_loss=margin is None,
-        distance=distance, reducer=MeanReducer(),
+        margin=0.0 if margin is None else margin,
+        smooth_loss=margin is None,
+        distance=distance,
+        reducer=MeanReducer(),
     )
     return loss_fn(feats, labels, miner(feats, labels))
 
@@ -183,8 +186,9 @@ def test_tri_n_decreases():
     assert values[-1] < 0.5 * values[0]
 
 
-@pytest.mark.parametrize("kwargs", [{"margin": -0.1}, {"margin": math.nan}, {"margin": "0.3"},
-                                    {"normalize": "yes"}, {"normalize": 1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"margin": -0.1}, {"margin": math.nan}, {"margin": "0.3"}, {"normalize": "yes"}, {"normalize": 1}]
+)
 def test_triplet_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         BatchHardTripletLoss(**kwargs)
@@ -222,11 +226,13 @@ def test_circle_gradcheck_float64():
     x0 = _features(12, 4, 5, torch.float64)
     x = x0.clone().requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda f: circle_pair_loss(f, labels, 0.25, 16.0, weight_feats=x0), (x,), eps=1e-6, atol=1e-6)
+        lambda f: circle_pair_loss(f, labels, 0.25, 16.0, weight_feats=x0), (x,), eps=1e-6, atol=1e-6
+    )
     # ...and at x0 that gradient is the module's (which takes the weights from its own detached input)
     module_value, module_grad = _value_and_grad(CirclePairLoss(0.25, 16.0), x0, labels)
     frozen_value, frozen_grad = _value_and_grad(
-        lambda f, y: circle_pair_loss(f, y, 0.25, 16.0, weight_feats=x0), x0, labels)
+        lambda f, y: circle_pair_loss(f, y, 0.25, 16.0, weight_feats=x0), x0, labels
+    )
     assert_close(module_value, frozen_value)
     assert_close(module_grad, frozen_grad)
 
@@ -256,8 +262,9 @@ def test_circle_decreases():
     assert values[-1] < 0.5 * values[0]
 
 
-@pytest.mark.parametrize("kwargs", [{"scale": -1.0}, {"scale": 0.0}, {"margin": -0.25}, {"scale": math.inf},
-                                    {"margin": None}])
+@pytest.mark.parametrize(
+    "kwargs", [{"scale": -1.0}, {"scale": 0.0}, {"margin": -0.25}, {"scale": math.inf}, {"margin": None}]
+)
 def test_circle_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         CirclePairLoss(**kwargs)
@@ -266,8 +273,9 @@ def test_circle_rejects_bad_arguments(kwargs):
 # ------------------------------------------------------------------------------------------------
 # PairwiseCosFaceLoss
 # ------------------------------------------------------------------------------------------------
-def _reference_pairwise_cosface(feats: torch.Tensor, labels: torch.Tensor, scale: float, margin: float,
-                                include_self: bool = False) -> torch.Tensor:
+def _reference_pairwise_cosface(
+    feats: torch.Tensor, labels: torch.Tensor, scale: float, margin: float, include_self: bool = False
+) -> torch.Tensor:
     """Literal formula: per anchor softplus(LSE_p[-s (cos_ap - m)] + LSE_n[s cos_an]), mean over anchors with
     a positive and a negative. include_self=True is NAMA's variant (the anchor is one of its positives)."""
     labels = labels.tolist()
@@ -293,8 +301,7 @@ def _reference_pairwise_cosface(feats: torch.Tensor, labels: torch.Tensor, scale
 def test_pairwise_cosface_matches_loop_reference(scale, margin, labels):
     base = _features(12, 6, 7, torch.float64)
     ours, ours_grad = _value_and_grad(PairwiseCosFaceLoss(scale=scale, margin=margin), base, labels)
-    ref, ref_grad = _value_and_grad(
-        lambda f, y: _reference_pairwise_cosface(f, y, scale, margin), base, labels)
+    ref, ref_grad = _value_and_grad(lambda f, y: _reference_pairwise_cosface(f, y, scale, margin), base, labels)
     assert ours.dtype == torch.float64 and ours.dim() == 0
     assert_close(ours, ref)
     assert_close(ours_grad, ref_grad)
@@ -370,8 +377,9 @@ def test_center_init():
     assert loss_fn.centers.std().item() == pytest.approx(1.0, abs=0.02)
 
 
-@pytest.mark.parametrize("labels", [torch.tensor([0, 0, 1, 1, 2, 4, 4, 1]), torch.tensor([3] * 8)],
-                         ids=["mixed", "single-class"])
+@pytest.mark.parametrize(
+    "labels", [torch.tensor([0, 0, 1, 1, 2, 4, 4, 1]), torch.tensor([3] * 8)], ids=["mixed", "single-class"]
+)
 def test_center_matches_loop_reference(labels):
     torch.manual_seed(1)
     loss_fn = CenterLoss(num_classes=5, feat_dim=6)
@@ -401,8 +409,8 @@ def test_center_gradcheck_float64():
     labels = torch.tensor([0, 1, 1, 3, 0, 0])
     # functional_call swaps the centers parameter for an explicit input, so both gradients are checked
     assert torch.autograd.gradcheck(
-        lambda f, c: torch.func.functional_call(loss_fn, {"centers": c}, (f, labels)), (x, centers),
-        eps=1e-6, atol=1e-6)
+        lambda f, c: torch.func.functional_call(loss_fn, {"centers": c}, (f, labels)), (x, centers), eps=1e-6, atol=1e-6
+    )
 
 
 def test_center_dtypes():
@@ -413,8 +421,9 @@ def test_center_dtypes():
     assert loss_fn(x.bfloat16(), labels).dtype == torch.float32
     loss64 = loss_fn(x.double(), labels)  # fp32 centers, fp64 features: computed in fp64
     assert loss64.dtype == torch.float64
-    assert loss64.item() == pytest.approx(_reference_center(x.double(), labels, loss_fn.centers.double()).item(),
-                                          rel=1e-12)
+    assert loss64.item() == pytest.approx(
+        _reference_center(x.double(), labels, loss_fn.centers.double()).item(), rel=1e-12
+    )
 
 
 def test_center_edge_cases():

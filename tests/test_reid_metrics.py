@@ -53,7 +53,7 @@ def _ref_metrics(dist, qp, gp, qc, gc, max_rank):
     for i in range(nq):
         keep = ~((gp == qp[i]) & (gc == qc[i]) & (qc[i] != -1))
         d = dist[i][keep]
-        m = (gp[keep] == qp[i])
+        m = gp[keep] == qp[i]
         order = np.argsort(d, kind="stable")
         m = m[order]
         if not m.any():
@@ -108,8 +108,7 @@ def _check_against_ref(out, ref, tol=1e-6):
 
 
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("seed, quantize", [(0, True), (1, True), (2, True), (3, True),
-                                            (8, False), (9, False)])
+@pytest.mark.parametrize("seed, quantize", [(0, True), (1, True), (2, True), (3, True), (8, False), (9, False)])
 @pytest.mark.parametrize("chunk_size", [7, 64])
 def test_random_matches_reference(seed, quantize, chunk_size, rank_path):
     qf, gf, qp, gp, qc, gc = _random_problem(seed, quantize=quantize)
@@ -117,8 +116,7 @@ def test_random_matches_reference(seed, quantize, chunk_size, rank_path):
     if not quantize:
         _assert_no_near_ties(d, rel_gap=5e-7)
     ref = _ref_metrics(d, qp, gp, qc, gc, 50)
-    out = reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc,
-                       max_rank=50, chunk_size=chunk_size)
+    out = reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, max_rank=50, chunk_size=chunk_size)
     _check_against_ref(out, ref)
     assert isinstance(out["cmc"], np.ndarray) and out["cmc"].dtype == np.float64
     assert out["cmc"].shape == (50,)
@@ -136,8 +134,15 @@ def test_id_input_types(seed):
     ref = _ref_metrics(_ref_dist(qf, gf, "euclidean"), qp, gp, qc, gc, 20)
     q, g = torch.from_numpy(qf), torch.from_numpy(gf)
     as_list = reid_metrics(q, g, qp.tolist(), gp.tolist(), qc.tolist(), gc.tolist(), max_rank=20)
-    as_tensor = reid_metrics(q, g, torch.from_numpy(qp), torch.from_numpy(gp),
-                             torch.from_numpy(qc).int(), torch.from_numpy(gc).int(), max_rank=20)
+    as_tensor = reid_metrics(
+        q,
+        g,
+        torch.from_numpy(qp),
+        torch.from_numpy(gp),
+        torch.from_numpy(qc).int(),
+        torch.from_numpy(gc).int(),
+        max_rank=20,
+    )
     for out in (as_list, as_tensor):
         _check_against_ref(out, ref)
 
@@ -156,8 +161,17 @@ def test_ties_broken_by_gallery_index(seed, rank_path):
     qc, gc = rng.integers(0, 3, 25), rng.integers(0, 3, 120)
     ref = _ref_metrics(_ref_dist(qf, gf, "euclidean"), qp, gp, qc, gc, 30)
     for cs in (4, 100):
-        out = reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc,
-                           max_rank=30, chunk_size=cs, return_per_query=True)
+        out = reid_metrics(
+            torch.from_numpy(qf),
+            torch.from_numpy(gf),
+            qp,
+            gp,
+            qc,
+            gc,
+            max_rank=30,
+            chunk_size=cs,
+            return_per_query=True,
+        )
         _check_against_ref(out, ref)
         np.testing.assert_array_equal(out["per_query"]["first_match_rank"], ref["first"])
         np.testing.assert_allclose(out["per_query"]["ap"], ref["ap"], atol=1e-12, equal_nan=True)
@@ -172,8 +186,9 @@ def test_ties_cosine(rank_path):
     qp, gp = rng.integers(0, 5, 20), rng.integers(0, 5, 90)
     qc, gc = rng.integers(0, 3, 20), rng.integers(0, 3, 90)
     ref = _ref_metrics(_ref_dist(qf, gf, "cosine"), qp, gp, qc, gc, 50)
-    out = reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc,
-                       metric="cosine", chunk_size=6, return_per_query=True)
+    out = reid_metrics(
+        torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, metric="cosine", chunk_size=6, return_per_query=True
+    )
     _check_against_ref(out, ref)
     np.testing.assert_array_equal(out["per_query"]["first_match_rank"], ref["first"])
 
@@ -189,8 +204,7 @@ def test_hand_computed_single_query(rank_path):
     # CMC = [0, 1, 1, ...].
     qf = torch.zeros(1, 2)
     gf = torch.tensor([[1.0, 0], [2, 0], [3, 0], [4, 0], [5, 0], [6, 0]])
-    out = reid_metrics(qf, gf, [1], [2, 1, 1, 3, 1, 1], [0], [0, 0, 1, 0, 2, 1],
-                       max_rank=8, return_per_query=True)
+    out = reid_metrics(qf, gf, [1], [2, 1, 1, 3, 1, 1], [0], [0, 0, 1, 0, 2, 1], max_rank=8, return_per_query=True)
     assert out["mAP"] == pytest.approx(1.6 / 3, abs=1e-12)
     assert out["mINP"] == pytest.approx(0.6, abs=1e-12)
     np.testing.assert_array_equal(out["cmc"], [0, 1, 1, 1, 1, 1, 1, 1])
@@ -213,8 +227,9 @@ def test_camid_minus_one_removes_nothing(rank_path):
     gc = np.full(len(gp), -1)
     ref = _ref_metrics(_ref_dist(qf, gf, "euclidean"), qp, gp, qc, gc, 50)
     # nothing removed == all gallery items count, same pid = match
-    ref_nocam = _ref_metrics(_ref_dist(qf, gf, "euclidean"), qp, gp,
-                             np.arange(len(qp)) + 1000, np.zeros(len(gp), int) - 5, 50)
+    ref_nocam = _ref_metrics(
+        _ref_dist(qf, gf, "euclidean"), qp, gp, np.arange(len(qp)) + 1000, np.zeros(len(gp), int) - 5, 50
+    )
     assert ref["mAP"] == pytest.approx(ref_nocam["mAP"], abs=1e-12)
     out = reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, chunk_size=7)
     _check_against_ref(out, ref)
@@ -234,8 +249,7 @@ def test_skipped_queries_counted_and_excluded(rank_path):
     gc[:3] = qc[4]
     ref = _ref_metrics(_ref_dist(qf, gf, "euclidean"), qp, gp, qc, gc, 50)
     assert not ref["valid"][:5].any()
-    out = reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc,
-                       chunk_size=3, return_per_query=True)
+    out = reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, chunk_size=3, return_per_query=True)
     _check_against_ref(out, ref)
     assert out["num_skipped_query"] == int((~ref["valid"]).sum()) >= 5
     assert out["num_valid_query"] + out["num_skipped_query"] == out["num_query"] == 30
@@ -250,8 +264,14 @@ def test_all_skipped_raises():
         reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp + 1000, gp, qc, gc)
     # every match is same-camera junk
     with pytest.raises(ValueError, match="no query has a true match"):
-        reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), np.zeros(30, int),
-                     np.zeros(200, int), np.zeros(30, int), np.zeros(200, int))
+        reid_metrics(
+            torch.from_numpy(qf),
+            torch.from_numpy(gf),
+            np.zeros(30, int),
+            np.zeros(200, int),
+            np.zeros(30, int),
+            np.zeros(200, int),
+        )
 
 
 @pytest.mark.parametrize("seed", [2, 3, 6])
@@ -261,8 +281,7 @@ def test_cosine_matches_reference(seed):
     d = _ref_dist(qf, gf, "cosine")
     _assert_no_near_ties(d, rel_gap=1e-6)
     ref = _ref_metrics(d, qp, gp, qc, gc, 50)
-    out = reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc,
-                       metric="cosine", chunk_size=7)
+    out = reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, metric="cosine", chunk_size=7)
     _check_against_ref(out, ref)
 
 
@@ -271,16 +290,14 @@ def test_low_precision_inputs_computed_in_fp32():
     for dtype in (torch.float16, torch.bfloat16):
         q_lp, g_lp = torch.from_numpy(qf).to(dtype), torch.from_numpy(gf).to(dtype)
         for metric in ("euclidean", "cosine"):
-            lp = reid_metrics(q_lp, g_lp, qp, gp, qc, gc, metric=metric, chunk_size=7,
-                              return_per_query=True)
-            fp = reid_metrics(q_lp.float(), g_lp.float(), qp, gp, qc, gc, metric=metric,
-                              chunk_size=7, return_per_query=True)
+            lp = reid_metrics(q_lp, g_lp, qp, gp, qc, gc, metric=metric, chunk_size=7, return_per_query=True)
+            fp = reid_metrics(
+                q_lp.float(), g_lp.float(), qp, gp, qc, gc, metric=metric, chunk_size=7, return_per_query=True
+            )
             np.testing.assert_array_equal(lp["cmc"], fp["cmc"])
             assert lp["mAP"] == fp["mAP"] and lp["mINP"] == fp["mINP"]
-            np.testing.assert_array_equal(lp["per_query"]["first_match_rank"],
-                                          fp["per_query"]["first_match_rank"])
-            ref = _ref_metrics(_ref_dist(q_lp.float().numpy(), g_lp.float().numpy(), metric),
-                               qp, gp, qc, gc, 50)
+            np.testing.assert_array_equal(lp["per_query"]["first_match_rank"], fp["per_query"]["first_match_rank"])
+            ref = _ref_metrics(_ref_dist(q_lp.float().numpy(), g_lp.float().numpy(), metric), qp, gp, qc, gc, 50)
             _check_against_ref(lp, ref)
 
 
@@ -288,8 +305,9 @@ def test_low_precision_inputs_computed_in_fp32():
 def test_per_query_matches_reference(chunk_size, rank_path):
     qf, gf, qp, gp, qc, gc = _random_problem(9, npids=30, quantize=True)  # sparser: some skipped
     ref = _ref_metrics(_ref_dist(qf, gf, "euclidean"), qp, gp, qc, gc, 50)
-    out = reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc,
-                       chunk_size=chunk_size, return_per_query=True)
+    out = reid_metrics(
+        torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, chunk_size=chunk_size, return_per_query=True
+    )
     pq = out["per_query"]
     assert set(pq) == {"ap", "inp", "first_match_rank", "valid"}
     assert all(len(v) == 30 for v in pq.values())
@@ -313,8 +331,9 @@ def test_distance_fn_override():
         s = next(offsets)
         return d_t[s : s + q_chunk.shape[0]]
 
-    out = reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc,
-                       chunk_size=7, distance_fn=dist_fn, metric="ignored")
+    out = reid_metrics(
+        torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, chunk_size=7, distance_fn=dist_fn, metric="ignored"
+    )
     ref = _ref_metrics(d_ref.astype(np.float32).astype(np.float64), qp, gp, qc, gc, 50)
     _check_against_ref(out, ref)
 
@@ -326,8 +345,18 @@ def test_negative_and_signed_zero_distances(rank_path):
     qp, gp = rng.integers(0, 4, 12), rng.integers(0, 4, 40)
     qc, gc = rng.integers(0, 3, 12), rng.integers(0, 3, 40)
     d_t = torch.from_numpy(d)
-    out = reid_metrics(torch.zeros(12, 1), torch.zeros(40, 1), qp, gp, qc, gc, max_rank=40,
-                       chunk_size=12, distance_fn=lambda q, g: d_t, return_per_query=True)
+    out = reid_metrics(
+        torch.zeros(12, 1),
+        torch.zeros(40, 1),
+        qp,
+        gp,
+        qc,
+        gc,
+        max_rank=40,
+        chunk_size=12,
+        distance_fn=lambda q, g: d_t,
+        return_per_query=True,
+    )
     ref = _ref_metrics(d.astype(np.float64), qp, gp, qc, gc, 40)
     _check_against_ref(out, ref)
     np.testing.assert_array_equal(out["per_query"]["first_match_rank"], ref["first"])
@@ -336,11 +365,9 @@ def test_negative_and_signed_zero_distances(rank_path):
 def test_larger_gallery_matches_reference(rank_path):
     # G large enough for many histogram bins (the binned path then resolves most
     # items by bin and only a few exactly); quantized features -> exact distances.
-    qf, gf, qp, gp, qc, gc = _random_problem(21, nq=40, ng=3000, dim=24, npids=40,
-                                             quantize=True)
+    qf, gf, qp, gp, qc, gc = _random_problem(21, nq=40, ng=3000, dim=24, npids=40, quantize=True)
     ref = _ref_metrics(_ref_dist(qf, gf, "euclidean"), qp, gp, qc, gc, 50)
-    out = reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc,
-                       chunk_size=16, return_per_query=True)
+    out = reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, chunk_size=16, return_per_query=True)
     _check_against_ref(out, ref)
     np.testing.assert_array_equal(out["per_query"]["first_match_rank"], ref["first"])
     np.testing.assert_allclose(out["per_query"]["ap"], ref["ap"], atol=1e-12, equal_nan=True)
@@ -363,19 +390,28 @@ def test_non_finite_and_constant_distances(rank_path):
         it = iter(range(0, 10, cs))
 
         def fn(q, g):
-            s = next(it)
+            s = next(it)  # noqa: B023 (used within this iteration)
             return d_t[s : s + q.shape[0]]
 
-        out = reid_metrics(torch.zeros(10, 1), torch.zeros(60, 1), qp, gp, qc, gc,
-                           chunk_size=cs, distance_fn=fn, return_per_query=True)
+        out = reid_metrics(
+            torch.zeros(10, 1), torch.zeros(60, 1), qp, gp, qc, gc, chunk_size=cs, distance_fn=fn, return_per_query=True
+        )
         _check_against_ref(out, ref)
         np.testing.assert_array_equal(out["per_query"]["first_match_rank"], ref["first"])
     # finite rows only, with a constant row: exercised by the binned path itself
     d2 = d[[0, 3]].copy()
     d2[~np.isfinite(d2)] = 7.0
     ref2 = _ref_metrics(d2.astype(np.float64), qp[[0, 3]], gp, qc[[0, 3]], gc, 50)
-    out2 = reid_metrics(torch.zeros(2, 1), torch.zeros(60, 1), qp[[0, 3]], gp, qc[[0, 3]], gc,
-                        distance_fn=lambda q, g: torch.from_numpy(d2), return_per_query=True)
+    out2 = reid_metrics(
+        torch.zeros(2, 1),
+        torch.zeros(60, 1),
+        qp[[0, 3]],
+        gp,
+        qc[[0, 3]],
+        gc,
+        distance_fn=lambda q, g: torch.from_numpy(d2),
+        return_per_query=True,
+    )
     np.testing.assert_allclose(out2["per_query"]["ap"], ref2["ap"], atol=1e-12, equal_nan=True)
 
 
@@ -401,8 +437,7 @@ def test_cuda_matches_cpu():
     qf, gf = np.round(qf * 3), np.round(gf * 3)
     q, g = torch.from_numpy(qf), torch.from_numpy(gf)
     cpu = reid_metrics(q, g, qp, gp, qc, gc, chunk_size=7, return_per_query=True)
-    gpu = reid_metrics(q.cuda(), g.cuda(), torch.from_numpy(qp).cuda(), gp, qc, gc,
-                       chunk_size=7, return_per_query=True)
+    gpu = reid_metrics(q.cuda(), g.cuda(), torch.from_numpy(qp).cuda(), gp, qc, gc, chunk_size=7, return_per_query=True)
     np.testing.assert_array_equal(cpu["cmc"], gpu["cmc"])
     assert cpu["mAP"] == gpu["mAP"] and cpu["mINP"] == gpu["mINP"]
     for k in ("ap", "inp", "first_match_rank", "valid"):

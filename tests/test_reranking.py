@@ -172,20 +172,27 @@ def test_reranking_improves_map_on_clustered_data():
 def test_rerank_and_evaluate_equals_reid_metrics_on_dense(chunk):
     qf, gf, qp, gp, qc, gc = _clustered(1, num_ids=25)
     dense = k_reciprocal_dense(qf, gf)
-    got = rerank_and_evaluate(qf, gf, qp, gp, qc, gc, max_rank=20, chunk_size=chunk,
-                              return_per_query=True)
+    got = rerank_and_evaluate(qf, gf, qp, gp, qc, gc, max_rank=20, chunk_size=chunk, return_per_query=True)
     idx_feats = torch.arange(qf.shape[0]).float().unsqueeze(1)
-    exp = reid_metrics(idx_feats, torch.zeros(gf.shape[0], 1), qp, gp, qc, gc, max_rank=20,
-                       chunk_size=chunk, distance_fn=lambda q, _g: dense[q[:, 0].long()],
-                       return_per_query=True)
+    exp = reid_metrics(
+        idx_feats,
+        torch.zeros(gf.shape[0], 1),
+        qp,
+        gp,
+        qc,
+        gc,
+        max_rank=20,
+        chunk_size=chunk,
+        distance_fn=lambda q, _g: dense[q[:, 0].long()],
+        return_per_query=True,
+    )
     assert set(got) == set(exp)
     np.testing.assert_allclose(got["cmc"], exp["cmc"], atol=1e-12)
     for key in ("rank1", "rank5", "rank10", "mAP", "mINP"):
         assert got[key] == pytest.approx(exp[key], abs=1e-12)
     for key in ("num_query", "num_valid_query", "num_skipped_query"):
         assert got[key] == exp[key]
-    np.testing.assert_array_equal(got["per_query"]["first_match_rank"],
-                                  exp["per_query"]["first_match_rank"])
+    np.testing.assert_array_equal(got["per_query"]["first_match_rank"], exp["per_query"]["first_match_rank"])
 
 
 def test_dense_size_limit():

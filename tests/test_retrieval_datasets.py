@@ -63,8 +63,9 @@ def _layout_error(loader, root, **kwargs) -> str:
 # --------------------------------------------------------------------------------------------- CUB
 
 
-def make_cub_tree(root: Path, num_classes: int = 6, per_class: int = 3, folder_name: str = "CUB_200_2011",
-                  resource_forks: bool = True) -> Path:
+def make_cub_tree(
+    root: Path, num_classes: int = 6, per_class: int = 3, folder_name: str = "CUB_200_2011", resource_forks: bool = True
+) -> Path:
     """images/NNN.Class_NNN/Class_NNN_000K.jpg; `._` twins of every image when `resource_forks`."""
     folder = root / folder_name
     images = folder / "images"
@@ -170,8 +171,15 @@ def write_cars_annos(mat_path: Path, entries: list[tuple[str, int, int]]) -> Non
     """cars_annos.mat as the official one: a 1xN struct array `annotations` (+ `class_names`)."""
     annotations = np.zeros((1, len(entries)), dtype=[(f, object) for f in _CARS_FIELDS])
     for i, (rel_path, label, test) in enumerate(entries):
-        annotations[0, i] = (rel_path, np.uint8(3), np.uint8(4), np.uint16(60), np.uint16(40), np.uint8(label),
-                             np.uint8(test))
+        annotations[0, i] = (
+            rel_path,
+            np.uint8(3),
+            np.uint8(4),
+            np.uint16(60),
+            np.uint16(40),
+            np.uint8(label),
+            np.uint8(test),
+        )
     num_classes = max(label for _, label, _ in entries)
     class_names = np.zeros((1, num_classes), dtype=object)
     class_names[0, :] = [f"Make Model {c}" for c in range(1, num_classes + 1)]
@@ -362,9 +370,14 @@ def make_inshop_tree(root: Path, folder_name: str = "Inshop_Clothes", official: 
     image_root = folder / "Img" if official else folder
     list_path = folder / "Eval" / "list_eval_partition.txt" if official else folder / "list_eval_partition.txt"
     entries = []
-    for item, statuses in [(2, ["train"] * 3), (4, ["train"] * 3), (7, ["train"] * 3),
-                           (10, ["query", "gallery", "gallery"]), (11, ["gallery", "query", "gallery"]),
-                           (13, ["query", "gallery", "gallery"])]:
+    for item, statuses in [
+        (2, ["train"] * 3),
+        (4, ["train"] * 3),
+        (7, ["train"] * 3),
+        (10, ["query", "gallery", "gallery"]),
+        (11, ["gallery", "query", "gallery"]),
+        (13, ["query", "gallery", "gallery"]),
+    ]:
         for k, status in enumerate(statuses):
             name = f"img/WOMEN/Dresses/id_{item:08d}/{k + 1:02d}_1_front.jpg"
             _write_image(image_root / name)
@@ -377,7 +390,7 @@ def make_inshop_tree(root: Path, folder_name: str = "Inshop_Clothes", official: 
 
 
 def _item(path: str) -> int:
-    return int(Path(path).parent.name[len("id_"):])
+    return int(Path(path).parent.name[len("id_") :])
 
 
 def test_inshop_counts_labels_and_protocol(tmp_path):

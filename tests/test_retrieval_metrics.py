@@ -74,9 +74,15 @@ def _ref_metrics(qf, ql, gf=None, gl=None, ks=(1, 2, 4, 8), metric="euclidean"):
         rps.append(hits / r)
         marps.append(s / hits if hits else 0.0)
     out = {f"R@{k}": float(np.mean(v)) for k, v in recall.items()}
-    out.update({"MAP@R": float(np.mean(maps)), "R-precision": float(np.mean(rps)),
-                "mARP": float(np.mean(marps)), "num_query": dist.shape[0],
-                "num_skipped_query": skipped})
+    out.update(
+        {
+            "MAP@R": float(np.mean(maps)),
+            "R-precision": float(np.mean(rps)),
+            "mARP": float(np.mean(marps)),
+            "num_query": dist.shape[0],
+            "num_skipped_query": skipped,
+        }
+    )
     return out
 
 
@@ -125,8 +131,7 @@ def test_separate_gallery_matches_bruteforce(seed, chunk_size, topk_cap, block, 
     xg, yg = _int_data(rng, 130, 4, 12)
     xq[:10] = xg[rng.integers(0, 130, size=10)]  # queries duplicated in the gallery
     ks = (1, 4, 16, 129, 130, 300) if seed == 0 else (1, 2, 5, 9)
-    res = retrieval_metrics(torch.from_numpy(xq), yq, torch.from_numpy(xg), yg, ks=ks,
-                            chunk_size=chunk_size)
+    res = retrieval_metrics(torch.from_numpy(xq), yq, torch.from_numpy(xg), yg, ks=ks, chunk_size=chunk_size)
     ref = _ref_metrics(xq, yq, xg, yg, ks=ks)
     _assert_same(res, ref)
     # query labels n_cls.. also exist once in the gallery: only absent labels are skipped
@@ -180,8 +185,9 @@ def test_cosine_matches_bruteforce():
         res = retrieval_metrics(torch.from_numpy(x), y, ks=ks, metric="cosine", chunk_size=chunk)
         _assert_same(res, _ref_metrics(x, y, ks=ks, metric="cosine"))
     xg, yg = x[:100], y[:100]
-    res = retrieval_metrics(torch.from_numpy(x[100:]), y[100:], torch.from_numpy(xg), yg, ks=ks,
-                            metric="cosine", chunk_size=16)
+    res = retrieval_metrics(
+        torch.from_numpy(x[100:]), y[100:], torch.from_numpy(xg), yg, ks=ks, metric="cosine", chunk_size=16
+    )
     _assert_same(res, _ref_metrics(x[100:], y[100:], xg, yg, ks=ks, metric="cosine"))
 
 
@@ -197,8 +203,9 @@ def test_non_finite_features_rank_last(block, cap, monkeypatch):
     for chunk in (16, 300):
         res = retrieval_metrics(torch.from_numpy(x), y, ks=ks, chunk_size=chunk)
         _assert_same(res, _ref_metrics(x, y, ks=ks))
-    res = retrieval_metrics(torch.from_numpy(x[:100]), y[:100], torch.from_numpy(x[100:]), y[100:], ks=ks,
-                            chunk_size=32)
+    res = retrieval_metrics(
+        torch.from_numpy(x[:100]), y[:100], torch.from_numpy(x[100:]), y[100:], ks=ks, chunk_size=32
+    )
     _assert_same(res, _ref_metrics(x[:100], y[:100], x[100:], y[100:], ks=ks))
 
 
@@ -274,8 +281,7 @@ def test_queries_without_same_label_items_are_skipped():
     assert res["num_query"] == 4 and res["num_skipped_query"] == 2 and res["num_valid_query"] == 2
     assert res["R@1"] == 1.0 and res["R@3"] == 1.0 and res["MAP@R"] == 1.0
     # separate gallery: query label absent from the gallery is skipped
-    res = retrieval_metrics(torch.tensor([[0.0], [1.0]]), [7, 1], torch.tensor([[0.5], [3.0]]), [1, 2],
-                            ks=(1,))
+    res = retrieval_metrics(torch.tensor([[0.0], [1.0]]), [7, 1], torch.tensor([[0.5], [3.0]]), [1, 2], ks=(1,))
     assert res["num_skipped_query"] == 1 and res["R@1"] == 1.0
     with pytest.raises(ValueError, match="no query"):
         retrieval_metrics(x, [0, 1, 2, 3])
@@ -345,8 +351,12 @@ def _pml_calculator():
     from pytorch_metric_learning.utils.inference import CustomKNN
 
     knn = CustomKNN(LpDistance(normalize_embeddings=False, p=2, power=2))  # no faiss needed
-    return AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
-                              k="max_bin_count", knn_func=knn, device=torch.device("cpu"))
+    return AccuracyCalculator(
+        include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+        k="max_bin_count",
+        knn_func=knn,
+        device=torch.device("cpu"),
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -368,8 +378,9 @@ def test_matches_pytorch_metric_learning_separate_gallery(seed):
     calc = _pml_calculator()
     x, y = _pml_data(10 + seed, 300, 30)
     xq, yq, xg, yg = x[:100], y[:100], x[100:], y[100:]
-    pml = calc.get_accuracy(torch.from_numpy(xq), torch.from_numpy(yq), torch.from_numpy(xg),
-                            torch.from_numpy(yg), ref_includes_query=False)
+    pml = calc.get_accuracy(
+        torch.from_numpy(xq), torch.from_numpy(yq), torch.from_numpy(xg), torch.from_numpy(yg), ref_includes_query=False
+    )
     res = retrieval_metrics(torch.from_numpy(xq), yq, torch.from_numpy(xg), yg, ks=(1,), chunk_size=32)
     assert res["R@1"] == pytest.approx(pml["precision_at_1"], abs=1e-6)
     assert res["MAP@R"] == pytest.approx(pml["mean_average_precision_at_r"], abs=1e-6)
@@ -419,8 +430,7 @@ def test_nmi_on_clustered_data_is_one():
     assert res["NMI_backend"] in ("faiss", "sklearn")
     assert res["R@1"] == 1.0
     # random embeddings: NMI far from 1
-    rnd = retrieval_metrics(torch.randn(200, 16, generator=torch.Generator().manual_seed(0)), y,
-                            ks=(1,), nmi_runs=1)
+    rnd = retrieval_metrics(torch.randn(200, 16, generator=torch.Generator().manual_seed(0)), y, ks=(1,), nmi_runs=1)
     assert rnd["NMI"] < 0.1
     assert "NMI" not in retrieval_metrics(x, y, ks=(1,))
 

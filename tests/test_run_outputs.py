@@ -26,11 +26,21 @@ def market_root(tmp_path_factory):
 
 def _opts(root, out, **overrides):
     opts = {
-        "MODEL.NAME": "resnet18", "MODEL.PRETRAIN_CHOICE": "none", "DATASETS.ROOT_DIR": str(root),
-        "INPUT.SIZE_TRAIN": "[32, 16]", "INPUT.SIZE_TEST": "[32, 16]", "SOLVER.IMS_PER_BATCH": "8",
-        "DATALOADER.NUM_INSTANCE": "2", "DATALOADER.NUM_WORKERS": "0", "SOLVER.MAX_EPOCHS": "2",
-        "SOLVER.EVAL_PERIOD": "1", "SOLVER.CHECKPOINT_PERIOD": "2", "SOLVER.WARMUP_ITERS": "1",
-        "OUTPUT_DIR": str(out), "TEST.IMS_PER_BATCH": "16", "MODEL.METRIC_LOSS_TYPE": "triplet+center",
+        "MODEL.NAME": "resnet18",
+        "MODEL.PRETRAIN_CHOICE": "none",
+        "DATASETS.ROOT_DIR": str(root),
+        "INPUT.SIZE_TRAIN": "[32, 16]",
+        "INPUT.SIZE_TEST": "[32, 16]",
+        "SOLVER.IMS_PER_BATCH": "8",
+        "DATALOADER.NUM_INSTANCE": "2",
+        "DATALOADER.NUM_WORKERS": "0",
+        "SOLVER.MAX_EPOCHS": "2",
+        "SOLVER.EVAL_PERIOD": "1",
+        "SOLVER.CHECKPOINT_PERIOD": "2",
+        "SOLVER.WARMUP_ITERS": "1",
+        "OUTPUT_DIR": str(out),
+        "TEST.IMS_PER_BATCH": "16",
+        "MODEL.METRIC_LOSS_TYPE": "triplet+center",
         "SOLVER.LOG_PERIOD": "1",
     }
     opts.update(overrides)
@@ -66,8 +76,15 @@ def test_tensorboard_event_files_hold_the_scalars(run):
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"training/avg_loss", "training/avg_triplet_loss", "training/loss_iteration", "lr/backbone",
-            "lr/centers/centers", "market1501/mAP", "market1501/rank1"} <= tags
+    assert {
+        "training/avg_loss",
+        "training/avg_triplet_loss",
+        "training/loss_iteration",
+        "lr/backbone",
+        "lr/centers/centers",
+        "market1501/mAP",
+        "market1501/rank1",
+    } <= tags
     assert [e.step for e in events.Scalars("market1501/mAP")] == [1, 2]
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert events.Scalars("market1501/mAP")[-1].value == pytest.approx(metrics[-1]["mAP"], rel=1e-6)
@@ -81,8 +98,11 @@ def test_hyper_parameter_table_in_the_log(run):
 
 def test_outputs_can_be_switched_off(market_root, tmp_path):
     out = tmp_path / "quiet"
-    train(load_config(None, _opts(market_root, out, **{"LOG.TENSORBOARD": "no", "LOG.PLOTS": "no",
-                                                      "SOLVER.MAX_EPOCHS": "1"})))
+    train(
+        load_config(
+            None, _opts(market_root, out, **{"LOG.TENSORBOARD": "no", "LOG.PLOTS": "no", "SOLVER.MAX_EPOCHS": "1"})
+        )
+    )
     assert not (out / "tensorboard").exists() and not list(out.glob("curves_*.png"))
     assert (out / "train_metrics.jsonl").is_file()
 
@@ -98,8 +118,9 @@ def _brute_force_ranking(run_dir: Path, market_root: Path, tmp_path: Path):
     model = build_model(cfg, load_pretrained=False)
     load_weights(cfg, model, cfg.TEST.WEIGHT, "TEST.WEIGHT")
     eval_set = build_data(cfg, with_train=False).eval_sets[0]
-    evaluation = DatasetEvaluation(cfg, model, resolve_precision("none", torch.device("cpu")), torch.device("cpu"),
-                                   eval_set, keep_embeddings=True)
+    evaluation = DatasetEvaluation(
+        cfg, model, resolve_precision("none", torch.device("cpu")), torch.device("cpu"), eval_set, keep_embeddings=True
+    )
     evaluation.run()
     last = evaluation.metric.last
     nq = len(eval_set.splits.query)
@@ -119,8 +140,9 @@ def _brute_force_ranking(run_dir: Path, market_root: Path, tmp_path: Path):
 
 def test_ranked_list_csv_matches_a_brute_force_ranking(run, market_root, tmp_path):
     out = tmp_path / "test"
-    run_test(load_config(None, _opts(market_root, out, **{"TEST.WEIGHT": str(run / "best.pt"),
-                                                         "TEST.RANKED_LIST": "3"})))
+    run_test(
+        load_config(None, _opts(market_root, out, **{"TEST.WEIGHT": str(run / "best.pt"), "TEST.RANKED_LIST": "3"}))
+    )
     with open(out / "ranked_list_market1501.csv") as handle:
         rows = list(csv.DictReader(handle))
     expected = _brute_force_ranking(run, market_root, tmp_path)
@@ -138,8 +160,11 @@ def test_ranked_list_csv_matches_a_brute_force_ranking(run, market_root, tmp_pat
 
 def test_ranked_list_json(run, market_root, tmp_path):
     out = tmp_path / "test"
-    run_test(load_config(None, _opts(market_root, out, **{"TEST.WEIGHT": str(run / "best.pt"),
-                                                         "TEST.RANKED_LIST_FORMAT": "json"})))
+    run_test(
+        load_config(
+            None, _opts(market_root, out, **{"TEST.WEIGHT": str(run / "best.pt"), "TEST.RANKED_LIST_FORMAT": "json"})
+        )
+    )
     content = json.loads((out / "ranked_list_market1501.json").read_text())
     assert len(content) == 5 and all(len(q["ranked"]) <= 10 for q in content)
     first = content[0]

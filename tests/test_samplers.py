@@ -45,7 +45,7 @@ def test_pk_batches_have_p_identities_times_k():
             assert set(per_label.values()) == {K}
             # the K indices of an identity come as one contiguous group
             for g in range(P):
-                group = batch[g * K:(g + 1) * K]
+                group = batch[g * K : (g + 1) * K]
                 assert len({LABELS[i] for i in group}) == 1
             assert all(0 <= i < len(LABELS) for i in batch)
 

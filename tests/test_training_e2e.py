@@ -27,11 +27,21 @@ def market_root(tmp_path_factory):
 
 def tiny_opts(root, out, **overrides):
     opts = {
-        "MODEL.NAME": "resnet18", "MODEL.PRETRAIN_CHOICE": "none", "DATASETS.ROOT_DIR": str(root),
-        "INPUT.SIZE_TRAIN": "[32, 16]", "INPUT.SIZE_TEST": "[32, 16]", "SOLVER.IMS_PER_BATCH": "8",
-        "DATALOADER.NUM_INSTANCE": "2", "DATALOADER.NUM_WORKERS": "0", "SOLVER.MAX_EPOCHS": "3",
-        "SOLVER.EVAL_PERIOD": "2", "SOLVER.CHECKPOINT_PERIOD": "2", "SOLVER.WARMUP_ITERS": "1",
-        "SOLVER.LOG_PERIOD": "1", "OUTPUT_DIR": str(out), "TEST.IMS_PER_BATCH": "16",
+        "MODEL.NAME": "resnet18",
+        "MODEL.PRETRAIN_CHOICE": "none",
+        "DATASETS.ROOT_DIR": str(root),
+        "INPUT.SIZE_TRAIN": "[32, 16]",
+        "INPUT.SIZE_TEST": "[32, 16]",
+        "SOLVER.IMS_PER_BATCH": "8",
+        "DATALOADER.NUM_INSTANCE": "2",
+        "DATALOADER.NUM_WORKERS": "0",
+        "SOLVER.MAX_EPOCHS": "3",
+        "SOLVER.EVAL_PERIOD": "2",
+        "SOLVER.CHECKPOINT_PERIOD": "2",
+        "SOLVER.WARMUP_ITERS": "1",
+        "SOLVER.LOG_PERIOD": "1",
+        "OUTPUT_DIR": str(out),
+        "TEST.IMS_PER_BATCH": "16",
     }
     opts.update(overrides)
     return [item for pair in opts.items() for item in pair]
@@ -85,8 +95,16 @@ def test_same_seed_gives_identical_metrics(market_root, finished_run, tmp_path):
 def test_resume_matches_uninterrupted_run(market_root, tmp_path, workers):
     full, part = tmp_path / "full", tmp_path / "part"
     train(load_config(None, tiny_opts(market_root, full, **{"DATALOADER.NUM_WORKERS": workers})))
-    train(load_config(None, tiny_opts(market_root, part, **{"DATALOADER.NUM_WORKERS": workers,
-                                                              "SOLVER.MAX_EPOCHS": "1", "SOLVER.CHECKPOINT_PERIOD": "1"})))
+    train(
+        load_config(
+            None,
+            tiny_opts(
+                market_root,
+                part,
+                **{"DATALOADER.NUM_WORKERS": workers, "SOLVER.MAX_EPOCHS": "1", "SOLVER.CHECKPOINT_PERIOD": "1"},
+            ),
+        )
+    )
     train(load_config(None, tiny_opts(market_root, part, **{"DATALOADER.NUM_WORKERS": workers})), resume=str(part))
     # best_* may differ: the interrupted run also evaluated after its last epoch (1)
     strip = lambda r: {k: v for k, v in r.items() if not k.startswith("best")}
@@ -95,7 +113,9 @@ def test_resume_matches_uninterrupted_run(market_root, tmp_path, workers):
     b = torch.load(part / "checkpoints/checkpoint_3.pt", weights_only=True)
     for name in ("model", "loss"):
         assert all(torch.equal(a[name][k], b[name][k]) for k in a[name])
-    assert a["solver"]["optimizers"]["main"]["state"][0]["step"] == b["solver"]["optimizers"]["main"]["state"][0]["step"]
+    assert (
+        a["solver"]["optimizers"]["main"]["state"][0]["step"] == b["solver"]["optimizers"]["main"]["state"][0]["step"]
+    )
 
 
 def test_resume_of_a_finished_run_and_reuse_of_a_folder_are_refused(market_root, finished_run):
@@ -118,11 +138,15 @@ def test_test_py_reproduces_the_best_evaluation(market_root, finished_run, tmp_p
 
 
 def test_checkpoint_that_does_not_fit_names_the_mismatch(market_root, finished_run, tmp_path):
-    opts = tiny_opts(market_root, tmp_path / "t", **{"TEST.WEIGHT": str(finished_run / "best.pt"), "MODEL.NAME": "resnet34"})
+    opts = tiny_opts(
+        market_root, tmp_path / "t", **{"TEST.WEIGHT": str(finished_run / "best.pt"), "MODEL.NAME": "resnet34"}
+    )
     with pytest.raises(WeightsMismatchError, match="TEST.WEIGHT.*(missing|unexpected)"):
         run_test(load_config(None, opts))
     with pytest.raises(UserError, match="TEST.WEIGHT .*nope.pt"):
-        run_test(load_config(None, tiny_opts(market_root, tmp_path / "t2", **{"TEST.WEIGHT": str(tmp_path / "nope.pt")})))
+        run_test(
+            load_config(None, tiny_opts(market_root, tmp_path / "t2", **{"TEST.WEIGHT": str(tmp_path / "nope.pt")}))
+        )
 
 
 def test_test_py_without_weight_evaluates_the_untrained_model(market_root, tmp_path):
@@ -131,7 +155,9 @@ def test_test_py_without_weight_evaluates_the_untrained_model(market_root, tmp_p
 
 
 def test_bf16_autocast_on_cpu_trains_and_fp16_is_refused(market_root, tmp_path):
-    result = train(load_config(None, tiny_opts(market_root, tmp_path / "bf16", **{"SOLVER.AMP": "bf16", "SOLVER.MAX_EPOCHS": "1"})))
+    result = train(
+        load_config(None, tiny_opts(market_root, tmp_path / "bf16", **{"SOLVER.AMP": "bf16", "SOLVER.MAX_EPOCHS": "1"}))
+    )
     assert 0.0 <= result["mAP"] <= 1.0
     with pytest.raises(ConfigError, match="fp16"):
         train(load_config(None, tiny_opts(market_root, tmp_path / "fp16", **{"SOLVER.AMP": "fp16"})))
@@ -171,18 +197,31 @@ def test_cli_missing_dataset_and_unreadable_image_exit_without_traceback(market_
     shutil.copytree(market_root, root)
     victim = sorted((root / "market1501/query").glob("*.jpg"))[0]
     victim.write_bytes(b"garbage")
-    proc = run_cli("train.py", *tiny_opts(root, tmp_path / "o2", **{"DATALOADER.NUM_WORKERS": "1", "SOLVER.MAX_EPOCHS": "2"}))
+    proc = run_cli(
+        "train.py", *tiny_opts(root, tmp_path / "o2", **{"DATALOADER.NUM_WORKERS": "1", "SOLVER.MAX_EPOCHS": "2"})
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and victim.name in proc.stderr
 
 
 def test_cli_train_then_test(market_root, tmp_path):
     out = tmp_path / "cli"
-    proc = run_cli("train.py", "--config_file", "configs/softmax_triplet.yml",
-                   *tiny_opts(market_root, out, **{"SOLVER.MAX_EPOCHS": "1"}))
+    proc = run_cli(
+        "train.py",
+        "--config_file",
+        "configs/softmax_triplet.yml",
+        *tiny_opts(market_root, out, **{"SOLVER.MAX_EPOCHS": "1"}),
+    )
     assert proc.returncode == 0, proc.stderr
-    proc = run_cli("test.py", "--config_file", str(out / "config.yaml"), "TEST.WEIGHT", str(out / "best.pt"),
-                   "OUTPUT_DIR", str(tmp_path / "cli_test"))
+    proc = run_cli(
+        "test.py",
+        "--config_file",
+        str(out / "config.yaml"),
+        "TEST.WEIGHT",
+        str(out / "best.pt"),
+        "OUTPUT_DIR",
+        str(tmp_path / "cli_test"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "mAP" in proc.stdout and (tmp_path / "cli_test/test_metrics.json").is_file()
 
@@ -191,15 +230,22 @@ def test_test_py_with_k_reciprocal_re_ranking(market_root, finished_run, tmp_pat
     from engine.evaluation.reid_metrics import reid_metrics
     from engine.evaluation.reranking import k_reciprocal_dense
 
-    opts = tiny_opts(market_root, tmp_path / "rr", **{"TEST.WEIGHT": str(finished_run / "best.pt"),
-                                                       "TEST.RE_RANKING": "yes", "TEST.RE_RANKING_K1": "6",
-                                                       "TEST.RE_RANKING_K2": "3"})
+    opts = tiny_opts(
+        market_root,
+        tmp_path / "rr",
+        **{
+            "TEST.WEIGHT": str(finished_run / "best.pt"),
+            "TEST.RE_RANKING": "yes",
+            "TEST.RE_RANKING_K1": "6",
+            "TEST.RE_RANKING_K2": "3",
+        },
+    )
     result = run_test(load_config(None, opts))
     assert 0.0 < result["mAP"] <= 1.0
     # the same numbers as the dense algorithm applied to the same embeddings
     from data.build import build_data
-    from engine.evaluation.protocol import build_eval_spec
     from engine.evaluation.dataset_evaluation import EmbeddingMetric, build_extractor
+    from engine.evaluation.protocol import build_eval_spec
     from engine.run.precision import resolve_precision
     from modeling import build_model
     from modeling.weights import load_model_checkpoint
@@ -216,8 +262,16 @@ def test_test_py_with_k_reciprocal_re_ranking(market_root, finished_run, tmp_pat
     feats, labels, camids = gathered["feats"], gathered["labels"], gathered["camids"]
     nq = len(eval_set.splits.query)
     dense = k_reciprocal_dense(feats[:nq], feats[nq:], k1=6, k2=3, lambda_value=0.3)
-    expected = reid_metrics(feats[:nq], feats[nq:], labels[:nq], labels[nq:], camids[:nq], camids[nq:],
-                            distance_fn=lambda q, g: dense[: len(q)] if len(q) == nq else None, chunk_size=nq)
+    expected = reid_metrics(
+        feats[:nq],
+        feats[nq:],
+        labels[:nq],
+        labels[nq:],
+        camids[:nq],
+        camids[nq:],
+        distance_fn=lambda q, g: dense[: len(q)] if len(q) == nq else None,
+        chunk_size=nq,
+    )
     assert result["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)
     assert result["rank1"] == pytest.approx(expected["rank1"], abs=1e-6)
 

@@ -132,8 +132,9 @@ def _ref_uc_cls(x, w, labels, u, scale, margin, form, eps=0.0):
             elif form == "cos":
                 z.append(scale * (cos - u[i] + margin) if j == y else scale * (cos + u[i]))
             else:
-                z.append(scale * (math.pi / 2 - theta - u[i] + margin) if j == y
-                         else scale * (math.pi / 2 - theta + u[i]))
+                z.append(
+                    scale * (math.pi / 2 - theta - u[i] + margin) if j == y else scale * (math.pi / 2 - theta + u[i])
+                )
         logp = torch.log_softmax(torch.stack(z), 0)
         q = [(1 - eps) * (j == y) + eps / c for j in range(c)]
         losses.append(-sum(q[j] * logp[j] for j in range(c)))
@@ -214,7 +215,8 @@ def test_uc_tri_hard_without_offsets_matches_pytorch_metric_learning(margin):
     distance = LpDistance(normalize_embeddings=True)
     miner = pml_miners.BatchHardMiner(distance=distance)
     pml = pml_losses.TripletMarginLoss(margin=margin, distance=distance, reducer=MeanReducer())(
-        xp, labels, miner(xp, labels))
+        xp, labels, miner(xp, labels)
+    )
     assert ours.item() > 0
     torch.testing.assert_close(ours, pml, rtol=1e-5, atol=1e-6)
     ours.backward()
@@ -262,8 +264,9 @@ def test_uc_triplet_anchors_without_positives(form):
 
 
 @pytest.mark.parametrize("form", TRI_FORMS)
-@pytest.mark.parametrize("labels", [torch.tensor([0, 1, 2, 3, 4]), torch.tensor([3, 3, 3, 3, 3])],
-                         ids=["no-positives", "single-class"])
+@pytest.mark.parametrize(
+    "labels", [torch.tensor([0, 1, 2, 3, 4]), torch.tensor([3, 3, 3, 3, 3])], ids=["no-positives", "single-class"]
+)
 def test_uc_triplet_nothing_to_work_on_is_connected_zero(form, labels):
     x = torch.randn(5, 4, generator=_gen(0)).requires_grad_(True)
     u = torch.zeros(5, requires_grad=True)
@@ -311,8 +314,15 @@ def test_uc_triplet_decreases_with_learnable_feats_and_offsets(form):
 
 def test_uc_triplet_argument_checks():
     assert UcTripletLoss.needs_uc is True
-    for kwargs in ({"scale": 0.0}, {"scale": -1.0}, {"scale": float("inf")}, {"margin": -0.1},
-                   {"margin": float("nan")}, {"form": "tri"}, {"form": "uc-tri-n"}):
+    for kwargs in (
+        {"scale": 0.0},
+        {"scale": -1.0},
+        {"scale": float("inf")},
+        {"margin": -0.1},
+        {"margin": float("nan")},
+        {"form": "tri"},
+        {"form": "uc-tri-n"},
+    ):
         with pytest.raises(ValueError):
             UcTripletLoss(**kwargs)
     with pytest.raises(ValueError, match="tri-n, tri-hard, pair-n"):
@@ -377,11 +387,13 @@ def test_uc_cls_without_offsets_matches_pytorch_metric_learning(form, margin):
     with torch.no_grad():
         head.weight.normal_(generator=g)
     if form == "cos":
-        pml = pml_losses.CosFaceLoss(num_classes=6, embedding_size=16, margin=-margin, scale=16.0,
-                                     reducer=MeanReducer())
+        pml = pml_losses.CosFaceLoss(
+            num_classes=6, embedding_size=16, margin=-margin, scale=16.0, reducer=MeanReducer()
+        )
     else:
-        pml = pml_losses.ArcFaceLoss(num_classes=6, embedding_size=16, margin=math.degrees(margin), scale=16.0,
-                                     reducer=MeanReducer())
+        pml = pml_losses.ArcFaceLoss(
+            num_classes=6, embedding_size=16, margin=math.degrees(margin), scale=16.0, reducer=MeanReducer()
+        )
     with torch.no_grad():
         pml.W.copy_(head.weight.t())
     x, xp = x0.clone().requires_grad_(True), x0.clone().requires_grad_(True)
@@ -472,8 +484,16 @@ def test_uc_cls_argument_checks():
     assert UcClsHead.needs_uc is True
     head = UcClsHead(6, 3)
     assert head.weight.shape == (3, 6) and head.form == "angle" and head.scale == 16.0 and head.margin == 0.0
-    for kwargs in ({"scale": 0.0}, {"margin": -0.1}, {"form": "clsuc"}, {"label_smoothing": 1.0},
-                   {"label_smoothing": -0.1}, {"feat_dim": 0}, {"num_classes": 0}, {"feat_dim": 2.5}):
+    for kwargs in (
+        {"scale": 0.0},
+        {"margin": -0.1},
+        {"form": "clsuc"},
+        {"label_smoothing": 1.0},
+        {"label_smoothing": -0.1},
+        {"feat_dim": 0},
+        {"num_classes": 0},
+        {"feat_dim": 2.5},
+    ):
         with pytest.raises(ValueError):
             UcClsHead(**{"feat_dim": 6, "num_classes": 3, **kwargs})
     with pytest.raises(ValueError, match="arc, cos, angle"):
@@ -576,8 +596,23 @@ def test_parse_reg_type():
     assert parse_reg_type("exp_0.5").k == 0.5
     assert parse_reg_type("arc") == RegType("arc", None)
     assert parse_reg_type("quad") == RegType("quad", None)
-    for bad in ("exp", "exp_", "exp_0", "exp_0.0", "exp_-1", "exp_inf", "exp_nan", "exp_1e3", "exp_3x",
-                "cubic", "", " quad", "ARC", None, 3):
+    for bad in (
+        "exp",
+        "exp_",
+        "exp_0",
+        "exp_0.0",
+        "exp_-1",
+        "exp_inf",
+        "exp_nan",
+        "exp_1e3",
+        "exp_3x",
+        "cubic",
+        "",
+        " quad",
+        "ARC",
+        None,
+        3,
+    ):
         with pytest.raises(ValueError, match=r"valid forms: exp_<k>.*arc, quad"):
             parse_reg_type(bad)
     with pytest.raises(ValueError, match="valid forms"):

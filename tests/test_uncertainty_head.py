@@ -151,8 +151,29 @@ def test_parse_f_base_accepts(text, expected, degrees):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "nn", "nn_1", "nn_0", "nn_all_8", "log_nn", "NN_128", "mlp_3", "log_", "tlr_", "tlr_0", "lgd_07",
-     "nn_128 ", " tlr", "log_log_nn_8", "tlr-7", "tlr_all_", "lgd_all_0", "tlr_7_all", 128, None],
+    [
+        "",
+        "nn",
+        "nn_1",
+        "nn_0",
+        "nn_all_8",
+        "log_nn",
+        "NN_128",
+        "mlp_3",
+        "log_",
+        "tlr_",
+        "tlr_0",
+        "lgd_07",
+        "nn_128 ",
+        " tlr",
+        "log_log_nn_8",
+        "tlr-7",
+        "tlr_all_",
+        "lgd_all_0",
+        "tlr_7_all",
+        128,
+        None,
+    ],
 )
 def test_parse_f_base_rejects_with_valid_forms(text):
     with pytest.raises(ValueError) as err:
@@ -208,8 +229,14 @@ def test_state_dict_shapes_depend_on_f_base():
     small, big = UncertaintyHead("nn_64"), UncertaintyHead("nn_128")
     sd_small, sd_big = small.state_dict(), big.state_dict()
     assert set(sd_small) == {
-        "standardise.weight", "standardise.bias", "standardise.running_mean", "standardise.running_var",
-        "standardise.num_batches_tracked", "knots", "weight", "ema_mean",
+        "standardise.weight",
+        "standardise.bias",
+        "standardise.running_mean",
+        "standardise.running_var",
+        "standardise.num_batches_tracked",
+        "knots",
+        "weight",
+        "ema_mean",
     }
     assert sd_small["weight"].shape == (64,) and sd_big["weight"].shape == (128,)
     assert sd_small["knots"].shape == (64,) and sd_big["knots"].shape == (128,)
@@ -513,8 +540,9 @@ def test_forward_rejects_bad_shapes():
 # ---------------------------------------------------------------- gradcheck and a toy fit
 
 
-@pytest.mark.parametrize(("f_base", "scale"), [("nn_16", 3.0), ("log_nn_8", 3.0), ("tlr", 0.3), ("lgd_all_5", 0.3),
-                                               ("log_lgd_7", 0.3)])
+@pytest.mark.parametrize(
+    ("f_base", "scale"), [("nn_16", 3.0), ("log_nn_8", 3.0), ("tlr", 0.3), ("lgd_all_5", 0.3), ("log_lgd_7", 0.3)]
+)
 def test_gradcheck_train_mode(f_base, scale):
     """On the learnable weights for every family; on the features too for the polynomials only, because
     `nn_N`'s gradient into x is deliberately a tenth of the true derivative (checked just below)."""
@@ -547,8 +575,9 @@ def test_nn_feature_gradient_is_a_tenth_of_the_finite_difference(f_base):
     assert numeric.abs().max() > 1e-3
     torch.testing.assert_close(analytic, 0.1 * numeric, atol=1e-8, rtol=1e-5)
     # the norm output is not scaled
-    torch.testing.assert_close(torch.autograd.functional.jacobian(lambda f: head(f)[1], feat).sum(1),
-                               feat / feat.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(
+        torch.autograd.functional.jacobian(lambda f: head(f)[1], feat).sum(1), feat / feat.norm(dim=1, keepdim=True)
+    )
 
 
 @pytest.mark.parametrize("f_base", ["nn_32", "tlr", "lgd_all_5"])

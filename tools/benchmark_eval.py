@@ -66,7 +66,7 @@ def _floor(case: str, device: str, chunk: int, threads: int, out) -> None:
     _sync(device)
     start = time.perf_counter()
     for s in range(0, qf.shape[0], chunk):
-        block = qf[s:s + chunk]
+        block = qf[s : s + chunk]
         torch.mm(block, gallery.t(), out=buffer[: block.shape[0]])
     _sync(device)
     out.put(time.perf_counter() - start)
@@ -98,8 +98,8 @@ def _evaluate(case: str, device: str, chunk: int, threads: int, out) -> None:
         summary = f"R@1 {result['R@1']:.4f} MAP@R {result['MAP@R']:.4f}"
     _sync(device)
     seconds = time.perf_counter() - start
-    peak = max(_vm_kib("VmHWM") - base, 0) / 1024 ** 2  # GiB
-    gpu_peak = (torch.cuda.max_memory_allocated() - gpu_base) / 1024 ** 3 if device.startswith("cuda") else 0.0
+    peak = max(_vm_kib("VmHWM") - base, 0) / 1024**2  # GiB
+    gpu_peak = (torch.cuda.max_memory_allocated() - gpu_base) / 1024**3 if device.startswith("cuda") else 0.0
     out.put((seconds, peak, gpu_peak, summary))
 
 
@@ -117,8 +117,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default="market,msmt17,sop", help=f"comma-separated, of {', '.join(CASES)}")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--chunk", type=int, default=0,
-                        help="queries per chunk (TEST.EVAL_CHUNK); 0 = the metrics' defaults (re-ID 256, retrieval 1024)")
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=0,
+        help="queries per chunk (TEST.EVAL_CHUNK); 0 = the metrics' defaults (re-ID 256, retrieval 1024)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=1, help="runs per measurement; the fastest is shown")
     args = parser.parse_args()
@@ -127,7 +131,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
 
-    header = "| case | Q x G x D | floor s | eval s | eval / floor | peak RAM above features GB | GPU peak GB | result |"
+    header = (
+        "| case | Q x G x D | floor s | eval s | eval / floor | peak RAM above features GB | GPU peak GB | result |"
+    )
     print(header)
     print("|" + "---|" * 8)
     for case in cases:
@@ -137,8 +143,11 @@ def main() -> None:
         runs = [_in_child(_evaluate, case, args.device, chunk, args.threads) for _ in range(args.repeats)]
         seconds, peak, gpu_peak, summary = min(runs)
         size = f"{q} x {g if g else q} x {d}" + ("" if g else " (q = g)")
-        print(f"| {case} | {size} | {floor:.2f} | {seconds:.2f} | {seconds / floor:.2f} | {peak:.2f} | "
-              f"{gpu_peak:.2f} | {summary} |", flush=True)
+        print(
+            f"| {case} | {size} | {floor:.2f} | {seconds:.2f} | {seconds / floor:.2f} | {peak:.2f} | "
+            f"{gpu_peak:.2f} | {summary} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -41,37 +41,80 @@ def _pml_builders(cfg):
         return lambda c, d: (loss(), miner() if miner else None)
 
     return {
-        "triplet": (pair(lambda: losses.TripletMarginLoss(
-            margin=cfg.SOLVER.MARGIN, distance=distances.LpDistance(normalize_embeddings=False),
-            reducer=reducers.MeanReducer()),
-            lambda: miners.BatchHardMiner(distance=distances.LpDistance(normalize_embeddings=False))), "same"),
-        "tri-n": (pair(lambda: losses.TripletMarginLoss(margin=cfg.SOLVER.MARGIN, reducer=reducers.MeanReducer()),
-                       lambda: miners.BatchHardMiner()), "same"),
-        "contrastive": (pair(lambda: losses.ContrastiveLoss(pos_margin=1.0, neg_margin=L.CONTRASTIVE.MARGIN,
-                                                            distance=distances.CosineSimilarity())),
-                        "PML: relu(s - m) on negatives, non-zero mean"),
-        "ms": (pair(lambda: losses.MultiSimilarityLoss(alpha=L.MS.POS_SCALE, beta=L.MS.NEG_SCALE, base=L.MS.THRESH),
-                    lambda: miners.MultiSimilarityMiner(epsilon=L.MS.MINING_MARGIN)), "same up to COEF"),
+        "triplet": (
+            pair(
+                lambda: losses.TripletMarginLoss(
+                    margin=cfg.SOLVER.MARGIN,
+                    distance=distances.LpDistance(normalize_embeddings=False),
+                    reducer=reducers.MeanReducer(),
+                ),
+                lambda: miners.BatchHardMiner(distance=distances.LpDistance(normalize_embeddings=False)),
+            ),
+            "same",
+        ),
+        "tri-n": (
+            pair(
+                lambda: losses.TripletMarginLoss(margin=cfg.SOLVER.MARGIN, reducer=reducers.MeanReducer()),
+                lambda: miners.BatchHardMiner(),
+            ),
+            "same",
+        ),
+        "contrastive": (
+            pair(
+                lambda: losses.ContrastiveLoss(
+                    pos_margin=1.0, neg_margin=L.CONTRASTIVE.MARGIN, distance=distances.CosineSimilarity()
+                )
+            ),
+            "PML: relu(s - m) on negatives, non-zero mean",
+        ),
+        "ms": (
+            pair(
+                lambda: losses.MultiSimilarityLoss(alpha=L.MS.POS_SCALE, beta=L.MS.NEG_SCALE, base=L.MS.THRESH),
+                lambda: miners.MultiSimilarityMiner(epsilon=L.MS.MINING_MARGIN),
+            ),
+            "same up to COEF",
+        ),
         "circle": (pair(lambda: losses.CircleLoss(m=L.CIRCLE.MARGIN, gamma=L.CIRCLE.SCALE)), "same"),
-        "margin": (pair(lambda: losses.MarginLoss(margin=L.MARGIN_LOSS.ALPHA, beta=L.MARGIN_LOSS.BETA),
-                        lambda: miners.DistanceWeightedMiner(cutoff=L.MARGIN_LOSS.CUTOFF,
-                                                             nonzero_loss_cutoff=L.MARGIN_LOSS.NONZERO_LOSS_CUTOFF)),
-                   "PML: triplets' average"),
+        "margin": (
+            pair(
+                lambda: losses.MarginLoss(margin=L.MARGIN_LOSS.ALPHA, beta=L.MARGIN_LOSS.BETA),
+                lambda: miners.DistanceWeightedMiner(
+                    cutoff=L.MARGIN_LOSS.CUTOFF, nonzero_loss_cutoff=L.MARGIN_LOSS.NONZERO_LOSS_CUTOFF
+                ),
+            ),
+            "PML: triplets' average",
+        ),
         "proxy_nca": (lambda c, d: (losses.ProxyNCALoss(c, d, softmax_scale=L.PROXY_NCA.SCALE), None), "same"),
-        "proxy_anchor": (lambda c, d: (losses.ProxyAnchorLoss(c, d, margin=L.PROXY_ANCHOR.DELTA,
-                                                              alpha=L.PROXY_ANCHOR.ALPHA), None), "same"),
-        "cls:arcface": (lambda c, d: (losses.ArcFaceLoss(c, d, margin=math.degrees(L.ARCFACE.MARGIN),
-                                                         scale=cfg.SOLVER.CS), None), "same"),
-        "cls:cosface": (lambda c, d: (losses.CosFaceLoss(c, d, margin=L.COSFACE.MARGIN, scale=cfg.SOLVER.CS), None),
-                        "same"),
-        "cls:n-softmax": (lambda c, d: (losses.NormalizedSoftmaxLoss(c, d, temperature=1.0 / cfg.SOLVER.CS), None),
-                          "same"),
+        "proxy_anchor": (
+            lambda c, d: (losses.ProxyAnchorLoss(c, d, margin=L.PROXY_ANCHOR.DELTA, alpha=L.PROXY_ANCHOR.ALPHA), None),
+            "same",
+        ),
+        "cls:arcface": (
+            lambda c, d: (losses.ArcFaceLoss(c, d, margin=math.degrees(L.ARCFACE.MARGIN), scale=cfg.SOLVER.CS), None),
+            "same",
+        ),
+        "cls:cosface": (
+            lambda c, d: (losses.CosFaceLoss(c, d, margin=L.COSFACE.MARGIN, scale=cfg.SOLVER.CS), None),
+            "same",
+        ),
+        "cls:n-softmax": (
+            lambda c, d: (losses.NormalizedSoftmaxLoss(c, d, temperature=1.0 / cfg.SOLVER.CS), None),
+            "same",
+        ),
     }
 
 
 PAIR_LOSSES = ["triplet", "tri-n", "contrastive", "ms", "soft_contrastive", "circle", "cosface", "margin", "center"]
-CLASS_LOSSES = ["proxy_nca", "proxy_anchor", "amloss", "cls:softmax", "cls:arcface", "cls:cosface", "cls:n-softmax",
-                "cls:circle"]
+CLASS_LOSSES = [
+    "proxy_nca",
+    "proxy_anchor",
+    "amloss",
+    "cls:softmax",
+    "cls:arcface",
+    "cls:cosface",
+    "cls:n-softmax",
+    "cls:circle",
+]
 
 
 def _ours(name: str, num_classes: int, dim: int, device: str):
@@ -107,6 +150,7 @@ def _batch(batch: int, num_classes: int, dim: int, device: str, seed: int = 0):
 
 def _time(fn, feats, labels, repeats: int, device: str) -> float:
     """Median seconds of fn(feats, labels).backward() after a warm-up."""
+
     def once():
         x = feats.clone().requires_grad_(True)
         fn(x, labels).backward()
@@ -150,11 +194,14 @@ def main(argv=None) -> None:
                 if name in pml:
                     builder, note = pml[name]
                     torch.manual_seed(0)
-                    theirs = _time(_pml(builder, num_classes, args.dim, args.device), feats, labels, args.repeats,
-                                   args.device)
+                    theirs = _time(
+                        _pml(builder, num_classes, args.dim, args.device), feats, labels, args.repeats, args.device
+                    )
                 rows.append((name, batch, num_classes, ours, theirs, note))
-    print(f"\nforward + backward, d = {args.dim}, device {args.device}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats}\n")
+    print(
+        f"\nforward + backward, d = {args.dim}, device {args.device}, {torch.get_num_threads()} threads, "
+        f"median of {args.repeats}\n"
+    )
     print("| loss | batch | classes | ours ms | PML ms | PML / ours | note |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for name, batch, c, ours, theirs, note in rows:

@@ -28,15 +28,21 @@ from data.demo_generator import (  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--root", required=True, help="output folder (gets bounding_box_train/, query/, bounding_box_test/)")
     p.add_argument("--seed", type=int, default=0, help="master seed; the same seed gives byte-identical files")
     for name, default in DEFAULT_DEMO_PARAMS.items():
         p.add_argument("--" + name.replace("_", "-"), type=int, default=default, dest=name)
-    p.add_argument("--workers", type=int, default=None,
-                   help="rendering processes for --no-cache (default: available CPUs)")
-    p.add_argument("--no-cache", action="store_true",
-                   help="write straight into --root (must be missing or empty) instead of the cached/atomic path")
+    p.add_argument(
+        "--workers", type=int, default=None, help="rendering processes for --no-cache (default: available CPUs)"
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="write straight into --root (must be missing or empty) instead of the cached/atomic path",
+    )
     return p
 
 
@@ -64,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         extra = ""
         if split == "gallery":
             extra = f", distractors (0000) {c.get('distractors', 0)}, junk (-1) {c.get('junk', 0)}"
-        print(f"  {folder + '/':<21} {c.get('images', 0):>5} images, {c.get('ids', 0):>4} ids, {c.get('cameras', 0)} cameras{extra}")
+        print(
+            f"  {folder + '/':<21} {c.get('images', 0):>5} images, {c.get('ids', 0):>4} ids, "
+            f"{c.get('cameras', 0)} cameras{extra}"
+        )
     return 0
 
 

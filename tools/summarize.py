@@ -410,8 +410,9 @@ def to_csv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return buffer.getvalue()
 
 
-def summary_table(paths: Iterable[str | os.PathLike],
-                  keys: Iterable[str] = ()) -> tuple[list[str], list[list[str]], list[str]]:
+def summary_table(
+    paths: Iterable[str | os.PathLike], keys: Iterable[str] = ()
+) -> tuple[list[str], list[list[str]], list[str]]:
     """(header, rows, numeric columns) of the runs under `paths`."""
     runs = find_runs(paths)
     flats = [_read_config(run) for run in runs]
@@ -448,13 +449,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="summarize.py",
         description="One table (markdown or CSV) over run folders: differing config keys and the main metrics.",
     )
-    parser.add_argument("dirs", nargs="+", metavar="DIR",
-                        help="a run folder (OUTPUT_DIR) or a folder searched recursively for run folders")
+    parser.add_argument(
+        "dirs",
+        nargs="+",
+        metavar="DIR",
+        help="a run folder (OUTPUT_DIR) or a folder searched recursively for run folders",
+    )
     parser.add_argument("--format", choices=FORMATS, default="markdown", help="output format (default: markdown)")
     parser.add_argument("--output", metavar="FILE", help="write the table to FILE instead of stdout")
-    parser.add_argument("--keys", nargs="+", action="extend", default=[], metavar="KEY",
-                        help="config keys (dotted, or a section) to show even where all runs agree; "
-                             "put it after the folders")
+    parser.add_argument(
+        "--keys",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY",
+        help="config keys (dotted, or a section) to show even where all runs agree; put it after the folders",
+    )
     args = parser.parse_args(argv)
     try:
         text = summarize(args.dirs, args.format, args.keys)

@@ -69,8 +69,9 @@ class EmbeddingMetric(Metric):
 
     required_output_keys = ("feats", "labels", "camids", "index", "norms", "uc")
 
-    def __init__(self, spec: EvalSpec, feat_norm: bool = True, device: torch.device | str = "cpu",
-                 keep_embeddings: bool = False):
+    def __init__(
+        self, spec: EvalSpec, feat_norm: bool = True, device: torch.device | str = "cpu", keep_embeddings: bool = False
+    ):
         check_choice("TEST.DIST_METRIC", spec.dist_metric, VALID_METRICS)
         self.spec = spec
         self.feat_norm = feat_norm
@@ -96,9 +97,16 @@ class EmbeddingMetric(Metric):
         """Embeddings (normalised if TEST.FEAT_NORM), labels, cameras, raw embedding norms and uncertainty
         offsets of every item in dataset order (query first), across ranks."""
         index = torch.cat(self._index)
-        out = {name: _gather_in_order(torch.cat(parts), index) for name, parts in (
-            ("feats", self._feats), ("labels", self._labels), ("camids", self._camids), ("norms", self._norms),
-            ("uc", self._uc))}
+        out = {
+            name: _gather_in_order(torch.cat(parts), index)
+            for name, parts in (
+                ("feats", self._feats),
+                ("labels", self._labels),
+                ("camids", self._camids),
+                ("norms", self._norms),
+                ("uc", self._uc),
+            )
+        }
         if self.feat_norm:
             out["feats"] = F.normalize(out["feats"], dim=1)
         return out
@@ -112,13 +120,15 @@ class EmbeddingMetric(Metric):
         return evaluate_embeddings(self.spec, last["feats"], last["labels"], last["camids"], uc=last["uc"])
 
 
-def build_evaluator(cfg, model: nn.Module, precision: Precision, device: torch.device,
-                    spec: EvalSpec, keep_embeddings: bool = False) -> tuple[Engine, EmbeddingMetric]:
+def build_evaluator(
+    cfg, model: nn.Module, precision: Precision, device: torch.device, spec: EvalSpec, keep_embeddings: bool = False
+) -> tuple[Engine, EmbeddingMetric]:
     """Extractor engine with the EmbeddingMetric of `spec` attached as 'eval' (its keys also land in state.metrics)."""
     check_choice("TEST.FEAT_NORM", cfg.TEST.FEAT_NORM, ("yes", "no"))
     evaluator = build_extractor(model, precision, device, cfg.TEST.NECK_FEAT)
-    metric = EmbeddingMetric(spec, feat_norm=cfg.TEST.FEAT_NORM == "yes", device=device,
-                             keep_embeddings=keep_embeddings)
+    metric = EmbeddingMetric(
+        spec, feat_norm=cfg.TEST.FEAT_NORM == "yes", device=device, keep_embeddings=keep_embeddings
+    )
     metric.attach(evaluator, "eval")
     return evaluator, metric
 
@@ -126,8 +136,9 @@ def build_evaluator(cfg, model: nn.Module, precision: Precision, device: torch.d
 class DatasetEvaluation:
     """Evaluation of one dataset of the run: its spec, its loader and the ignite evaluator engine."""
 
-    def __init__(self, cfg, model: nn.Module, precision: Precision, device: torch.device, eval_set,
-                 keep_embeddings: bool = False):
+    def __init__(
+        self, cfg, model: nn.Module, precision: Precision, device: torch.device, eval_set, keep_embeddings: bool = False
+    ):
         from engine.evaluation.protocol import build_eval_spec
 
         self.spec = build_eval_spec(cfg, eval_set.splits)
@@ -140,8 +151,12 @@ class DatasetEvaluation:
         start = time.perf_counter()
         self.engine.run(self.loader)
         metrics = self.engine.state.metrics["eval"]
-        return {"dataset": self.spec.name, "protocol": self.spec.protocol, **metrics,
-                "eval_seconds": round(time.perf_counter() - start, 3)}
+        return {
+            "dataset": self.spec.name,
+            "protocol": self.spec.protocol,
+            **metrics,
+            "eval_seconds": round(time.perf_counter() - start, 3),
+        }
 
 
 def format_metrics(result: dict) -> str:

@@ -20,14 +20,9 @@ def check_feature_pair(query_feats: torch.Tensor, gallery_feats: torch.Tensor) -
     """ValueError unless both are 2-D (N, D) with the same D on the same device."""
     if query_feats.dim() != 2 or gallery_feats.dim() != 2:
         raise ValueError(
-            "features must be 2-D (N, D), got shapes "
-            f"{tuple(query_feats.shape)} and {tuple(gallery_feats.shape)}"
+            f"features must be 2-D (N, D), got shapes {tuple(query_feats.shape)} and {tuple(gallery_feats.shape)}"
         )
     if query_feats.shape[1] != gallery_feats.shape[1]:
-        raise ValueError(
-            f"feature dimensions differ: query {query_feats.shape[1]} vs gallery {gallery_feats.shape[1]}"
-        )
+        raise ValueError(f"feature dimensions differ: query {query_feats.shape[1]} vs gallery {gallery_feats.shape[1]}")
     if query_feats.device != gallery_feats.device:
-        raise ValueError(
-            f"query_feats is on {query_feats.device} but gallery_feats is on {gallery_feats.device}"
-        )
+        raise ValueError(f"query_feats is on {query_feats.device} but gallery_feats is on {gallery_feats.device}")

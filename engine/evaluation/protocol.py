@@ -64,12 +64,16 @@ def build_eval_spec(cfg, splits: DatasetSplits) -> EvalSpec:
     check_choice("TEST.RE_RANKING", cfg.TEST.RE_RANKING, ("yes", "no"))
     protocol = splits.protocol if cfg.TEST.PROTOCOL == "auto" else cfg.TEST.PROTOCOL
     if protocol == "reid" and splits.query_is_gallery:
-        raise ConfigError(f"TEST.PROTOCOL 'reid' needs separate query and gallery sets, but {splits.name} uses its "
-                          "query set as the gallery; use 'retrieval' or 'auto'")
+        raise ConfigError(
+            f"TEST.PROTOCOL 'reid' needs separate query and gallery sets, but {splits.name} uses its "
+            "query set as the gallery; use 'retrieval' or 'auto'"
+        )
     re_ranking = None
     if cfg.TEST.RE_RANKING == "yes":
         if protocol != "reid":
-            raise ConfigError(f"TEST.RE_RANKING 'yes' applies to the re-ID protocol; {splits.name} is evaluated with '{protocol}'")
+            raise ConfigError(
+                f"TEST.RE_RANKING 'yes' applies to the re-ID protocol; {splits.name} is evaluated with '{protocol}'"
+            )
         re_ranking = (cfg.TEST.RE_RANKING_K1, cfg.TEST.RE_RANKING_K2, cfg.TEST.RE_RANKING_LAMBDA)
     if cfg.TEST.NORM_K != 0:
         _check_norm_k(cfg, protocol, splits.name)
@@ -77,10 +81,18 @@ def build_eval_spec(cfg, splits: DatasetSplits) -> EvalSpec:
     if any(k <= 0 for k in ks):
         raise ConfigError(f"TEST.RECALL_KS = {list(ks)}; expected positive integers")
     return EvalSpec(
-        name=splits.name, protocol=protocol, query_is_gallery=splits.query_is_gallery,
-        trials=_trial_indices(splits), recall_ks=ks, dist_metric=cfg.TEST.DIST_METRIC,
-        max_rank=cfg.TEST.MAX_RANK, chunk_size=cfg.TEST.EVAL_CHUNK, nmi_runs=cfg.TEST.NMI_RUNS,
-        seed=cfg.SEED, re_ranking=re_ranking, norm_k=float(cfg.TEST.NORM_K),
+        name=splits.name,
+        protocol=protocol,
+        query_is_gallery=splits.query_is_gallery,
+        trials=_trial_indices(splits),
+        recall_ks=ks,
+        dist_metric=cfg.TEST.DIST_METRIC,
+        max_rank=cfg.TEST.MAX_RANK,
+        chunk_size=cfg.TEST.EVAL_CHUNK,
+        nmi_runs=cfg.TEST.NMI_RUNS,
+        seed=cfg.SEED,
+        re_ranking=re_ranking,
+        norm_k=float(cfg.TEST.NORM_K),
     )
 
 
@@ -89,11 +101,15 @@ def _check_norm_k(cfg, protocol: str, name: str) -> None:
 
     k = cfg.TEST.NORM_K
     if cfg.TEST.FEAT_NORM != "yes":
-        raise ConfigError(f"TEST.NORM_K = {k} uses the angle 2 asin(d/2) between L2-normalised features, but "
-                          "TEST.FEAT_NORM is 'no': set TEST.FEAT_NORM yes (or TEST.NORM_K 0)")
+        raise ConfigError(
+            f"TEST.NORM_K = {k} uses the angle 2 asin(d/2) between L2-normalised features, but "
+            "TEST.FEAT_NORM is 'no': set TEST.FEAT_NORM yes (or TEST.NORM_K 0)"
+        )
     if not parse_arch(cfg.MODEL.ARCH).uncertainty:
-        raise ConfigError(f"TEST.NORM_K = {k} needs the uncertainty head's offsets, but MODEL.ARCH "
-                          f"{cfg.MODEL.ARCH!r} has none: use the 'uc' / 'clsuc' ARCH the model was trained with")
+        raise ConfigError(
+            f"TEST.NORM_K = {k} needs the uncertainty head's offsets, but MODEL.ARCH "
+            f"{cfg.MODEL.ARCH!r} has none: use the 'uc' / 'clsuc' ARCH the model was trained with"
+        )
     if protocol != "reid":
         raise ConfigError(f"TEST.NORM_K applies to the re-ID protocol; {name} is evaluated with '{protocol}'")
     if cfg.TEST.RE_RANKING == "yes":
@@ -103,6 +119,7 @@ def _check_norm_k(cfg, protocol: str, name: str) -> None:
 def uncertainty_distance(gallery_uc: torch.Tensor, k: float):
     """distance_fn(q, g) = 2 asin(||q - g|| / 2) - k u_g for L2-normalised q, g (NAMA's test distance; only
     the gallery term changes a query's ranking)."""
+
     def distance(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
         chord = (2.0 - 2.0 * query @ gallery.t()).clamp_min(0.0).sqrt()
         return 2.0 * torch.asin((chord / 2.0).clamp(max=1.0)) - k * gallery_uc.to(chord)[None, :]
@@ -138,7 +155,7 @@ def _mean_of_trials(results: list[dict]) -> dict:
 def _take(tensor: torch.Tensor, index: np.ndarray) -> torch.Tensor:
     """Rows `index` of `tensor`: a view when they are a contiguous run (no copy of a large gallery)."""
     if len(index) and index[-1] - index[0] + 1 == len(index) and np.all(np.diff(index) == 1):
-        return tensor[int(index[0]):int(index[-1]) + 1]
+        return tensor[int(index[0]) : int(index[-1]) + 1]
     return tensor[torch.as_tensor(index, device=tensor.device)]
 
 
@@ -153,8 +170,9 @@ def _reid(spec: EvalSpec, feats, labels, camids, q, g, uc=None) -> dict:
         result = rerank_and_evaluate(*args, k1=k1, k2=k2, lambda_value=lam, max_rank=spec.max_rank)
     else:
         distance_fn = uncertainty_distance(_take(uc, g), spec.norm_k) if spec.norm_k != 0 else None
-        result = reid_metrics(*args, max_rank=spec.max_rank, metric=spec.dist_metric, distance_fn=distance_fn,
-                              **spec.chunk_kwargs())
+        result = reid_metrics(
+            *args, max_rank=spec.max_rank, metric=spec.dist_metric, distance_fn=distance_fn, **spec.chunk_kwargs()
+        )
     out = {k: float(result[k]) for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}
     out["cmc"] = [float(v) for v in result["cmc"]]
     out["num_query"] = int(result["num_query"])
@@ -166,18 +184,36 @@ def _retrieval(spec: EvalSpec, feats, labels, q, g) -> dict:
     from engine.evaluation.retrieval_metrics import retrieval_metrics
 
     if spec.query_is_gallery:
-        result = retrieval_metrics(_take(feats, q), _take(labels, q), ks=spec.recall_ks, metric=spec.dist_metric,
-                                   nmi_runs=spec.nmi_runs, nmi_seed=spec.seed, **spec.chunk_kwargs())
+        result = retrieval_metrics(
+            _take(feats, q),
+            _take(labels, q),
+            ks=spec.recall_ks,
+            metric=spec.dist_metric,
+            nmi_runs=spec.nmi_runs,
+            nmi_seed=spec.seed,
+            **spec.chunk_kwargs(),
+        )
     else:
-        result = retrieval_metrics(_take(feats, q), _take(labels, q), _take(feats, g), _take(labels, g), ks=spec.recall_ks,
-                                   metric=spec.dist_metric, nmi_runs=spec.nmi_runs, nmi_seed=spec.seed,
-                                   **spec.chunk_kwargs())
-    return {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) else v)
-            for k, v in result.items()}
+        result = retrieval_metrics(
+            _take(feats, q),
+            _take(labels, q),
+            _take(feats, g),
+            _take(labels, g),
+            ks=spec.recall_ks,
+            metric=spec.dist_metric,
+            nmi_runs=spec.nmi_runs,
+            nmi_seed=spec.seed,
+            **spec.chunk_kwargs(),
+        )
+    return {
+        k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) else v)
+        for k, v in result.items()
+    }
 
 
-def evaluate_embeddings(spec: EvalSpec, feats: torch.Tensor, labels: torch.Tensor, camids: torch.Tensor,
-                        uc: torch.Tensor | None = None) -> dict:
+def evaluate_embeddings(
+    spec: EvalSpec, feats: torch.Tensor, labels: torch.Tensor, camids: torch.Tensor, uc: torch.Tensor | None = None
+) -> dict:
     """The numbers of one dataset from its embeddings (already normalised if TEST.FEAT_NORM says so); `uc`,
     the uncertainty offsets of the items, is needed when spec.norm_k is not 0."""
     if spec.norm_k != 0 and uc is None:

@@ -56,7 +56,8 @@ numbers whenever they produce the same distances.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ __all__ = ["reid_metrics", "VALID_METRICS"]
 #: Built-in distance metrics accepted by :func:`reid_metrics`.
 VALID_METRICS: tuple[str, ...] = ("euclidean", "cosine")
 
-IdArray = Union[torch.Tensor, np.ndarray, Sequence[int]]
+IdArray = torch.Tensor | np.ndarray | Sequence[int]
 DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _INT64_MAX = torch.iinfo(torch.int64).max
@@ -289,8 +290,7 @@ def _chunk_ranks(
 
     before = None
     if _USE_BINNING:
-        before = _count_before_binned(dist, qpids, gpids, same_rows, same_cols,
-                                      t_rows, t_cols, t_keys, work_f, work_i)
+        before = _count_before_binned(dist, qpids, gpids, same_rows, same_cols, t_rows, t_cols, t_keys, work_f, work_i)
     if before is None:
         before = _count_before_search(dist, gidx, same_rows, same_keys, t_rows, t_keys)
 
@@ -312,7 +312,7 @@ def _pair_ids(
     has, so nothing is ever removed for camera reasons for them."""
     pairs = torch.stack((torch.cat((qpids, gpids)), torch.cat((qcams, gcams))), dim=1)
     inverse = torch.unique(pairs, dim=0, return_inverse=True)[1]
-    q_ids, g_ids = inverse[: qpids.numel()].clone(), inverse[qpids.numel():]
+    q_ids, g_ids = inverse[: qpids.numel()].clone(), inverse[qpids.numel() :]
     q_ids[qcams == -1] = -1
     return q_ids, g_ids
 
@@ -394,13 +394,9 @@ def reid_metrics(
             f"{tuple(query_feats.shape)} and {tuple(gallery_feats.shape)}"
         )
     if distance_fn is None and query_feats.shape[1] != gallery_feats.shape[1]:
-        raise ValueError(
-            f"feature dimensions differ: query {query_feats.shape[1]} vs gallery {gallery_feats.shape[1]}"
-        )
+        raise ValueError(f"feature dimensions differ: query {query_feats.shape[1]} vs gallery {gallery_feats.shape[1]}")
     if query_feats.device != gallery_feats.device:
-        raise ValueError(
-            f"query_feats is on {query_feats.device} but gallery_feats is on {gallery_feats.device}"
-        )
+        raise ValueError(f"query_feats is on {query_feats.device} but gallery_feats is on {gallery_feats.device}")
 
     device = query_feats.device
     num_q, num_g = query_feats.shape[0], gallery_feats.shape[0]
@@ -444,16 +440,15 @@ def reid_metrics(
                         raise ValueError(f"distance_fn returned {shape}, expected ({c}, {num_g})")
                     dist = dist.detach().to(device=device, dtype=torch.float32).contiguous()
                 elif metric == "euclidean":  # ||g||^2 - 2 q.g
-                    dist = torch.addmm(g_aux.unsqueeze(0), q, gal.t(), beta=1.0, alpha=-2.0,
-                                       out=dist_buf[:c])
+                    dist = torch.addmm(g_aux.unsqueeze(0), q, gal.t(), beta=1.0, alpha=-2.0, out=dist_buf[:c])
                 else:  # cosine: -(q/|q|).g / |g|
                     qn = q / row_sq_norms(q).sqrt_().clamp_(min=_NORM_EPS).neg_().unsqueeze(1)
                     dist = torch.mm(qn, gal.t(), out=dist_buf[:c])
                     dist.mul_(g_aux.unsqueeze(0))
 
-                nm, m_rows, m_ranks = _chunk_ranks(dist, qpids[start:stop], gpids,
-                                                   q_pc[start:stop], g_pc, same_index, gidx,
-                                                   work_f, work_i)
+                nm, m_rows, m_ranks = _chunk_ranks(
+                    dist, qpids[start:stop], gpids, q_pc[start:stop], g_pc, same_index, gidx, work_f, work_i
+                )
                 del dist
 
                 # --- per-query metrics (float64, CPU) -------------------------

@@ -47,12 +47,12 @@ memory-bounded.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from engine.evaluation.feature_ops import check_feature_pair, row_sq_norms
-
 from engine.evaluation.reid_metrics import IdArray, reid_metrics
 
 __all__ = [
@@ -389,13 +389,17 @@ class KReciprocalReranker:
             in_r1 = ((fh.unsqueeze(3) == f1.view(c, 1, 1, k1p)) & m1.view(c, 1, 1, k1p)).any(dim=3)
             inter = (in_r1 & mh).sum(dim=2)  # |R(q, k1h) n R(p, k1)|
             accept = m1 & (3 * inter > 2 * mh.sum(dim=2))
-            members = torch.cat(
-                (
-                    torch.where(m1, f1, n),
-                    torch.where(accept.unsqueeze(2) & mh, fh, n).flatten(1),
-                ),
-                dim=1,
-            ).sort(dim=1).values
+            members = (
+                torch.cat(
+                    (
+                        torch.where(m1, f1, n),
+                        torch.where(accept.unsqueeze(2) & mh, fh, n).flatten(1),
+                    ),
+                    dim=1,
+                )
+                .sort(dim=1)
+                .values
+            )
             keep = members < n
             keep[:, 1:] &= members[:, 1:] != members[:, :-1]
             r_loc, slot = keep.nonzero(as_tuple=True)  # row-major: columns ascending per row
@@ -436,9 +440,7 @@ class KReciprocalReranker:
         q = self.num_query
         g_start = int(v_ptr[q])
         g_cols = v_cols[g_start:]
-        g_rows = torch.repeat_interleave(
-            torch.arange(self.num_gallery, device=dev), v_ptr[q + 1 :] - v_ptr[q:-1]
-        )
+        g_rows = torch.repeat_interleave(torch.arange(self.num_gallery, device=dev), v_ptr[q + 1 :] - v_ptr[q:-1])
         order = torch.argsort(g_cols, stable=True)
         self._inv_ptr = _csr_indptr(g_cols[order], n)
         self._inv_rows = g_rows[order]
@@ -483,9 +485,7 @@ class KReciprocalReranker:
                 cb = cnt[s:e]
                 num_pairs = int(cum[e - 1]) - base
                 if num_pairs > 0:
-                    pown = torch.repeat_interleave(
-                        torch.arange(e - s, device=self.device), cb, output_size=num_pairs
-                    )
+                    pown = torch.repeat_interleave(torch.arange(e - s, device=self.device), cb, output_size=num_pairs)
                     # position in the inverted index: start[entry] + (pair - first pair of entry)
                     ppos = (start[s:e] - (cum[s:e] - cb - base))[pown]
                     ppos += torch.arange(num_pairs, device=self.device)

@@ -97,7 +97,8 @@ same distances, and the result does not depend on ``chunk_size``.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,7 +110,7 @@ __all__ = ["retrieval_metrics", "nmi", "VALID_METRICS"]
 #: Distance metrics accepted by :func:`retrieval_metrics`.
 VALID_METRICS: tuple[str, ...] = ("euclidean", "cosine")
 
-LabelArray = Union[torch.Tensor, np.ndarray, Sequence[int]]
+LabelArray = torch.Tensor | np.ndarray | Sequence[int]
 
 #: Default number of queries per chunk.  The per-chunk temporaries are about
 #: ``8 * chunk_size * G`` bytes (fp32 distances + an fp32 work buffer): 0.5 GB
@@ -180,9 +181,7 @@ def _np_exact_keys(values: np.ndarray, gallery_index: np.ndarray) -> np.ndarray:
     return (bits << 32) + gallery_index
 
 
-def _exact_row_keys(
-    dist: torch.Tensor, gidx: torch.Tensor, self_cols: torch.Tensor | None
-) -> torch.Tensor:
+def _exact_row_keys(dist: torch.Tensor, gidx: torch.Tensor, self_cols: torch.Tensor | None) -> torch.Tensor:
     """Exact keys of whole rows; the query's own column (if any) gets INT64_MAX."""
     keys = _exact_keys(dist, gidx.unsqueeze(0))
     if self_cols is not None:
@@ -222,8 +221,7 @@ class _BlockMins:
         (a tail block repeats its single column, valid once)."""
         j = torch.arange(_BLOCK, device=blocks.device)
         in_main = (blocks < self.nb).unsqueeze(2)
-        cols = torch.where(in_main, blocks.unsqueeze(2) + j * self.nb,
-                           (blocks + (self.g_floor - self.nb)).unsqueeze(2))
+        cols = torch.where(in_main, blocks.unsqueeze(2) + j * self.nb, (blocks + (self.g_floor - self.nb)).unsqueeze(2))
         valid = in_main | (j == 0)
         return cols.flatten(1), valid.flatten(1)
 
@@ -260,8 +258,7 @@ def _top_l(
         # every item <= the L-th value must lie in a selected block: all other
         # blocks have minima >= the (L+2)-th smallest block minimum.  A NaN
         # minimum hides its block's finite items: such rows take the exact path.
-        ok_extra = torch.where(torch.isnan(bm.mins).any(dim=1), float("nan"),
-                               bvals[:, num_l + 1]).cpu().numpy()
+        ok_extra = torch.where(torch.isnan(bm.mins).any(dim=1), float("nan"), bvals[:, num_l + 1]).cpu().numpy()
     else:
         vals_t, idx_t = torch.topk(dist, k_sel, dim=1, largest=False, sorted=False)
     vals, idx = vals_t.cpu().numpy(), idx_t.cpu().numpy()
@@ -569,8 +566,7 @@ def retrieval_metrics(
 
                 # --- (c, G) fp32 distances (ranking-equivalent) ---------------
                 if metric == "euclidean":  # ||g||^2 - 2 q.g
-                    dist = torch.addmm(g_aux.unsqueeze(0), q, gal.t(), beta=1.0, alpha=-2.0,
-                                       out=dist_buf[:c])
+                    dist = torch.addmm(g_aux.unsqueeze(0), q, gal.t(), beta=1.0, alpha=-2.0, out=dist_buf[:c])
                 else:  # cosine: -(q/|q|).g / |g|
                     qn = q / row_sq_norms(q).sqrt_().clamp_(min=_NORM_EPS).neg_().unsqueeze(1)
                     dist = torch.mm(qn, gal.t(), out=dist_buf[:c])
@@ -597,9 +593,19 @@ def retrieval_metrics(
                     if need.size > 0:
                         if work is None:
                             work = torch.empty((cs, num_g), dtype=torch.float32, device=device)
-                        rank1[need] = _first_hit_ranks(dist, need, q_lab_np[start:stop], g_order_np,
-                                                       g_start_np, g_count_np, gidx, self_cols, work,
-                                                       bm, max_k)
+                        rank1[need] = _first_hit_ranks(
+                            dist,
+                            need,
+                            q_lab_np[start:stop],
+                            g_order_np,
+                            g_start_np,
+                            g_count_np,
+                            gidx,
+                            self_cols,
+                            work,
+                            bm,
+                            max_k,
+                        )
                 first_rank[start:stop] = np.where(rank1 > 0, rank1, no_hit_rank)
 
                 # --- MAP@R, R-precision, mARP (float64) -----------------------

@@ -11,8 +11,14 @@ from engine.run.precision import Precision
 from solver import Solver
 
 
-def build_standard_trainer(model: nn.Module, criterion: nn.Module, solver: Solver,
-                           scaler: torch.amp.GradScaler, precision: Precision, device: torch.device) -> Engine:
+def build_standard_trainer(
+    model: nn.Module,
+    criterion: nn.Module,
+    solver: Solver,
+    scaler: torch.amp.GradScaler,
+    precision: Precision,
+    device: torch.device,
+) -> Engine:
     """An ignite Engine whose output per iteration is {'loss': total, **loss parts} (detached tensors)."""
 
     def step(engine: Engine, batch: dict) -> dict:

@@ -165,8 +165,9 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
         records.append(record)
     if bad:
         number, reason = bad[0]
-        logger.warning("curves: skipped %d malformed line(s) of %s (first: line %d, %s)", len(bad), path,
-                       number, reason)
+        logger.warning(
+            "curves: skipped %d malformed line(s) of %s (first: line %d, %s)", len(bad), path, number, reason
+        )
     return records
 
 
@@ -240,8 +241,7 @@ def _lr_series(records: Sequence[dict[str, Any]]) -> dict[str, tuple[np.ndarray,
                 epochs, values = points.setdefault(str(name), ([], []))
                 epochs.append(record["epoch"])
                 values.append(value)
-    return {name: (np.asarray(e, dtype=np.int64), np.asarray(v, dtype=np.float64))
-            for name, (e, v) in points.items()}
+    return {name: (np.asarray(e, dtype=np.int64), np.asarray(v, dtype=np.float64)) for name, (e, v) in points.items()}
 
 
 def _metric_columns(records: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -283,15 +283,22 @@ def _arrange(fig: Figure, axes: Sequence[Axes], *, suptitle: bool = True) -> Non
     are the run's own loss and group names), so only they are measured.
     """
     renderer = fig.canvas.get_renderer()
-    legend_width = max((ax.get_legend().get_window_extent(renderer).width / fig.dpi
-                        for ax in axes if ax.get_legend() is not None), default=0.0)
+    legend_width = max(
+        (ax.get_legend().get_window_extent(renderer).width / fig.dpi for ax in axes if ax.get_legend() is not None),
+        default=0.0,
+    )
     width, height = fig.get_size_inches()
     right = min(legend_width + _LEGEND_PAD, 0.45 * width)  # a very long label is cut, the axes keep room
     panels = len(axes)
     top = _TOP_MARGIN if suptitle else _TOP_MARGIN - 0.35  # a figure title takes one line of text
     panel_height = (height - top - _BOTTOM_MARGIN - _PANEL_GAP * (panels - 1)) / panels
-    fig.subplots_adjust(left=_LEFT_MARGIN / width, right=1.0 - right / width, top=1.0 - top / height,
-                        bottom=_BOTTOM_MARGIN / height, hspace=_PANEL_GAP / panel_height)
+    fig.subplots_adjust(
+        left=_LEFT_MARGIN / width,
+        right=1.0 - right / width,
+        top=1.0 - top / height,
+        bottom=_BOTTOM_MARGIN / height,
+        hspace=_PANEL_GAP / panel_height,
+    )
 
 
 def _style(index: int) -> dict[str, Any]:
@@ -302,8 +309,7 @@ def _style(index: int) -> dict[str, Any]:
 def _plot(ax: Axes, epochs: np.ndarray, values: np.ndarray, label: str, **style: Any) -> None:
     """One series; markers when it is short enough for them to help."""
     marker = "o" if len(epochs) <= _MARKER_LIMIT else None
-    ax.plot(epochs, values, label=label, marker=marker, markersize=3.5, linewidth=style.pop("linewidth", 1.5),
-            **style)
+    ax.plot(epochs, values, label=label, marker=marker, markersize=3.5, linewidth=style.pop("linewidth", 1.5), **style)
 
 
 def _finish(ax: Axes, title: str, ylabel: str, *, legend: bool = True) -> None:
@@ -383,8 +389,9 @@ def _lr_figure(train: Sequence[dict[str, Any]]) -> Figure | None:
     ax = fig.subplots()
     for i, (name, (epochs, values)) in enumerate(groups.items()):
         # Groups often share a rate (backbone and bias): a different dash for each keeps both visible.
-        _plot(ax, epochs, values, name, linewidth=1.8, color=f"C{i % 10}",
-              linestyle=_LINE_STYLES[i % len(_LINE_STYLES)])
+        _plot(
+            ax, epochs, values, name, linewidth=1.8, color=f"C{i % 10}", linestyle=_LINE_STYLES[i % len(_LINE_STYLES)]
+        )
     ax.set_yscale("log")
     _finish(ax, "Learning rate per parameter group", "learning rate (log scale)")
     _arrange(fig, [ax], suptitle=False)
@@ -398,14 +405,32 @@ def _annotate_best(ax: Axes, epochs: np.ndarray, values: np.ndarray, label: str)
         return
     best = int(np.argmax(np.where(finite, values, -np.inf)))  # argmax keeps the first of ties
     x, y = int(epochs[best]), float(values[best])
-    ax.plot([x], [y], marker="*", markersize=14, color="gold", markeredgecolor="black", linestyle="none",
-            zorder=5, gid=f"best:{label}", label="_best")
+    ax.plot(
+        [x],
+        [y],
+        marker="*",
+        markersize=14,
+        color="gold",
+        markeredgecolor="black",
+        linestyle="none",
+        zorder=5,
+        gid=f"best:{label}",
+        label="_best",
+    )
     # Keep the text inside the axes: to the left of a point in the right half, to the right otherwise.
     right_half = len(epochs) > 1 and x > (epochs.min() + epochs.max()) / 2
-    ax.annotate(f"best {label} {y:.1f}% (epoch {x})", xy=(x, y), xytext=(-12 if right_half else 12, -22),
-                textcoords="offset points", ha="right" if right_half else "left", va="top", fontsize="small",
-                bbox={"boxstyle": "round,pad=0.3", "facecolor": "white", "alpha": 0.85, "edgecolor": "0.6"},
-                arrowprops={"arrowstyle": "-", "color": "0.4"}, zorder=6)
+    ax.annotate(
+        f"best {label} {y:.1f}% (epoch {x})",
+        xy=(x, y),
+        xytext=(-12 if right_half else 12, -22),
+        textcoords="offset points",
+        ha="right" if right_half else "left",
+        va="top",
+        fontsize="small",
+        bbox={"boxstyle": "round,pad=0.3", "facecolor": "white", "alpha": 0.85, "edgecolor": "0.6"},
+        arrowprops={"arrowstyle": "-", "color": "0.4"},
+        zorder=6,
+    )
 
 
 def _metrics_figure(evaluations: dict[str, list[dict[str, Any]]]) -> Figure | None:
@@ -440,9 +465,11 @@ def _metrics_figure(evaluations: dict[str, list[dict[str, Any]]]) -> Figure | No
 def build_figures(history: History) -> dict[str, Figure]:
     """The figures of ``history`` by file name (``curves_loss.png``, ``curves_lr.png``,
     ``curves_metrics.png``), without saving them; a picture with nothing to draw is absent."""
-    builders = ((LOSS_PICTURE, lambda: _loss_figure(history.train)),
-                (LR_PICTURE, lambda: _lr_figure(history.train)),
-                (METRICS_PICTURE, lambda: _metrics_figure(history.evaluations)))
+    builders = (
+        (LOSS_PICTURE, lambda: _loss_figure(history.train)),
+        (LR_PICTURE, lambda: _lr_figure(history.train)),
+        (METRICS_PICTURE, lambda: _metrics_figure(history.evaluations)),
+    )
     figures = {}
     for name, build in builders:
         fig = build()

@@ -6,7 +6,8 @@ Two steps, kept apart so that the ranking can be tested without pictures:
   ``O(chunk x G)``) and returns one small :class:`RankedQuery` per query;
 * :func:`write_rank_pictures` draws one JPEG per query with PIL and writes an ``index.csv`` beside them.
 
-Protocol (valid items and order as in :mod:`engine.evaluation.reid_metrics` and :mod:`engine.evaluation.retrieval_metrics`)
+Protocol (valid items and order as in :mod:`engine.evaluation.reid_metrics` and
+:mod:`engine.evaluation.retrieval_metrics`)
 ------------------------------------------------------------------------------------------------
 * **Valid items.**  Re-ID (``reid=True``, Market-1501's protocol): every gallery item except the *junk*,
   i.e. the items with the same label **and** the same camera as the query; camera id ``-1`` means "no camera
@@ -157,8 +158,7 @@ def _stable_row_order(dist: torch.Tensor) -> torch.Tensor:
         keys.sort(axis=1)
         return torch.from_numpy(keys & 0xFFFFFFFF)
     bits = dist.contiguous().view(torch.int32).to(torch.int64)
-    keys = torch.add(torch.arange(num_g, device=dist.device), torch.where(bits < 0, -bits - 2**31, bits),
-                     alpha=2**32)
+    keys = torch.add(torch.arange(num_g, device=dist.device), torch.where(bits < 0, -bits - 2**31, bits), alpha=2**32)
     return torch.sort(keys, dim=1).values & 0xFFFFFFFF
 
 
@@ -279,19 +279,21 @@ def ranked_lists(
         for r in range(c):
             sl = slice(int(t_first[r]), int(t_first[r] + t_count[r]))
             has = nm[r] > 0
-            records.append(RankedQuery(
-                query_index=start + r,
-                top_k=top_k,
-                gallery_indices=t_idx_np[sl].copy(),
-                distances=t_dist[sl].copy(),
-                is_match=t_match[sl].copy(),
-                num_valid=int(nv[r]),
-                num_matches=int(nm[r]),
-                ap=float(ap[r]),
-                last_match_rank=int(m_rank[last[r]]) if has else None,
-                last_match_index=int(m_idx_np[last[r]]) if has else None,
-                last_match_distance=float(m_dist[last[r]]) if has else None,
-            ))
+            records.append(
+                RankedQuery(
+                    query_index=start + r,
+                    top_k=top_k,
+                    gallery_indices=t_idx_np[sl].copy(),
+                    distances=t_dist[sl].copy(),
+                    is_match=t_match[sl].copy(),
+                    num_valid=int(nv[r]),
+                    num_matches=int(nm[r]),
+                    ap=float(ap[r]),
+                    last_match_rank=int(m_rank[last[r]]) if has else None,
+                    last_match_index=int(m_idx_np[last[r]]) if has else None,
+                    last_match_distance=float(m_dist[last[r]]) if has else None,
+                )
+            )
     return records
 
 
@@ -345,7 +347,7 @@ def _fit(text: str, width: float, middle: bool) -> str:
                 head -= 1
             else:
                 tail -= 1
-            candidate = text[:head] + "..." + text[len(text) - tail:]
+            candidate = text[:head] + "..." + text[len(text) - tail :]
             if _text_width(candidate) <= width:
                 return candidate
         return "..."
@@ -486,8 +488,17 @@ def write_rank_pictures(
         k = rec.top_k
         canvas = Image.new("RGB", ((k + 1) * tile_wh[0], tile_wh[1]), _TILE_BG)
         ap_text = f"AP {100.0 * rec.ap:.1f}%" + ("" if rec.has_match else " (no match)")
-        _draw_tile(canvas, 0, tile_wh, size_wh, query_paths[q], _QUERY_COLOUR,
-                   [f"query pid {qlab[q]}", ap_text, _norm_text(qnorm, q)], _QUERY_BG, warned)
+        _draw_tile(
+            canvas,
+            0,
+            tile_wh,
+            size_wh,
+            query_paths[q],
+            _QUERY_COLOUR,
+            [f"query pid {qlab[q]}", ap_text, _norm_text(qnorm, q)],
+            _QUERY_BG,
+            warned,
+        )
         row_paths: list[str] = []
         for slot in range(k - 1):
             x0 = (slot + 1) * tile_wh[0]
@@ -498,21 +509,29 @@ def write_rank_pictures(
                 _draw_tile(canvas, x0, tile_wh, size_wh, gallery_paths[g], colour, lines, _TILE_BG, warned)
                 row_paths.append(str(gallery_paths[g]))
             else:
-                _draw_tile(canvas, x0, tile_wh, size_wh, None, _EMPTY_FRAME, ["no more valid items"], _TILE_BG,
-                           warned)
+                _draw_tile(canvas, x0, tile_wh, size_wh, None, _EMPTY_FRAME, ["no more valid items"], _TILE_BG, warned)
                 row_paths.append("")
         x0 = k * tile_wh[0]
         if rec.has_match:
             g = int(rec.last_match_index)
             shown = rec.last_match_rank <= k - 1
             colour = MATCH_COLOUR if shown else LAST_MATCH_COLOUR
-            lines = [f"last match #{rec.last_match_rank}", f"d={rec.last_match_distance:.4g}",
-                     _norm_text(gnorm, g)]
+            lines = [f"last match #{rec.last_match_rank}", f"d={rec.last_match_distance:.4g}", _norm_text(gnorm, g)]
             _draw_tile(canvas, x0, tile_wh, size_wh, gallery_paths[g], colour, lines, _TILE_BG, warned)
             row_paths.append(str(gallery_paths[g]))
         else:
-            _draw_tile(canvas, x0, tile_wh, size_wh, None, _EMPTY_FRAME, ["no true match", "in the gallery"],
-                       _TILE_BG, warned, empty_text="(none)")
+            _draw_tile(
+                canvas,
+                x0,
+                tile_wh,
+                size_wh,
+                None,
+                _EMPTY_FRAME,
+                ["no true match", "in the gallery"],
+                _TILE_BG,
+                warned,
+                empty_text="(none)",
+            )
             row_paths.append("")
 
         target = folder / f"{q:05d}_{Path(query_paths[q]).stem}.jpg"

@@ -16,8 +16,8 @@ import csv
 import io
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -32,9 +32,17 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_ranked_lists(path: Path, fmt: str, ranked: Sequence[RankedQuery], query_paths: Sequence[str],
-                       gallery_paths: Sequence[str], query_labels, gallery_labels, query_camids,
-                       gallery_camids) -> Path:
+def write_ranked_lists(
+    path: Path,
+    fmt: str,
+    ranked: Sequence[RankedQuery],
+    query_paths: Sequence[str],
+    gallery_paths: Sequence[str],
+    query_labels,
+    gallery_labels,
+    query_camids,
+    gallery_camids,
+) -> Path:
     """Write the ranked lists of `ranked` (from engine.reporting.rank_pictures.ranked_lists) to `path` in `fmt`."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -44,21 +52,51 @@ def write_ranked_lists(path: Path, fmt: str, ranked: Sequence[RankedQuery], quer
         content = []
         for r in ranked:
             q = r.query_index
-            content.append({
-                "query": str(query_paths[q]), "label": int(qlab[q]), "camid": int(qcam[q]), "ap": float(r.ap),
-                "ranked": [{"rank": i + 1, "path": str(gallery_paths[g]), "label": int(glab[g]), "camid": int(gcam[g]),
-                            "distance": float(d), "match": bool(m)}
-                           for i, (g, d, m) in enumerate(zip(r.gallery_indices, r.distances, r.is_match))],
-                "last_match": None if r.last_match_index is None else {
-                    "rank": int(r.last_match_rank), "path": str(gallery_paths[r.last_match_index]),
-                    "distance": float(r.last_match_distance)},
-            })
+            content.append(
+                {
+                    "query": str(query_paths[q]),
+                    "label": int(qlab[q]),
+                    "camid": int(qcam[q]),
+                    "ap": float(r.ap),
+                    "ranked": [
+                        {
+                            "rank": i + 1,
+                            "path": str(gallery_paths[g]),
+                            "label": int(glab[g]),
+                            "camid": int(gcam[g]),
+                            "distance": float(d),
+                            "match": bool(m),
+                        }
+                        for i, (g, d, m) in enumerate(zip(r.gallery_indices, r.distances, r.is_match))
+                    ],
+                    "last_match": None
+                    if r.last_match_index is None
+                    else {
+                        "rank": int(r.last_match_rank),
+                        "path": str(gallery_paths[r.last_match_index]),
+                        "distance": float(r.last_match_distance),
+                    },
+                }
+            )
         _atomic_write(path, json.dumps(content, indent=1))
         return path
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["query_index", "query_path", "query_label", "query_camid", "query_ap", "rank", "gallery_path",
-                     "gallery_label", "gallery_camid", "distance", "match"])
+    writer.writerow(
+        [
+            "query_index",
+            "query_path",
+            "query_label",
+            "query_camid",
+            "query_ap",
+            "rank",
+            "gallery_path",
+            "gallery_label",
+            "gallery_camid",
+            "distance",
+            "match",
+        ]
+    )
     for r in ranked:
         q = r.query_index
         head = [q, query_paths[q], int(qlab[q]), int(qcam[q]), f"{r.ap:.6f}"]
@@ -66,7 +104,16 @@ def write_ranked_lists(path: Path, fmt: str, ranked: Sequence[RankedQuery], quer
             writer.writerow([*head, i + 1, gallery_paths[g], int(glab[g]), int(gcam[g]), f"{d:.6f}", int(bool(m))])
         if r.last_match_index is not None and r.last_match_rank > len(r.gallery_indices):
             g = r.last_match_index
-            writer.writerow([*head, r.last_match_rank, gallery_paths[g], int(glab[g]), int(gcam[g]),
-                             f"{r.last_match_distance:.6f}", "last_match"])
+            writer.writerow(
+                [
+                    *head,
+                    r.last_match_rank,
+                    gallery_paths[g],
+                    int(glab[g]),
+                    int(gcam[g]),
+                    f"{r.last_match_distance:.6f}",
+                    "last_match",
+                ]
+            )
     _atomic_write(path, buffer.getvalue())
     return path

@@ -42,11 +42,18 @@ class RunTensorboard:
         from ignite.handlers.tensorboard_logger import OutputHandler
 
         epoch_step = lambda engine, event: engine.state.epoch  # noqa: E731
-        self.logger.attach(trainer, OutputHandler(tag="training", metric_names=[f"avg_{n}" for n in part_names],
-                                                  global_step_transform=epoch_step),
-                           event_name=Events.EPOCH_COMPLETED)
-        self.logger.attach(trainer, OutputHandler(tag="training", output_transform=lambda out: {
-            "loss_iteration": out["loss"].item()}), event_name=Events.ITERATION_COMPLETED(every=log_period))
+        self.logger.attach(
+            trainer,
+            OutputHandler(
+                tag="training", metric_names=[f"avg_{n}" for n in part_names], global_step_transform=epoch_step
+            ),
+            event_name=Events.EPOCH_COMPLETED,
+        )
+        self.logger.attach(
+            trainer,
+            OutputHandler(tag="training", output_transform=lambda out: {"loss_iteration": out["loss"].item()}),
+            event_name=Events.ITERATION_COMPLETED(every=log_period),
+        )
 
         @trainer.on(Events.EPOCH_COMPLETED)
         def _learning_rates(engine: Engine) -> None:

@@ -56,7 +56,9 @@ def save_best_model(path: Path, model: torch.nn.Module, epoch: int, metrics: dic
 def latest_checkpoint(folder: Path) -> Path | None:
     """The checkpoint of the highest epoch in `folder` (or in its checkpoints/ subfolder)."""
     for candidate in (folder / "checkpoints", folder):
-        found = [(int(m.group(1)), p) for p in candidate.glob("checkpoint_*.pt") if (m := CHECKPOINT_NAME.match(p.name))]
+        found = [
+            (int(m.group(1)), p) for p in candidate.glob("checkpoint_*.pt") if (m := CHECKPOINT_NAME.match(p.name))
+        ]
         if found:
             return max(found)[1]
     return None
@@ -82,7 +84,9 @@ def load_training_state(path: Path, to_load: dict) -> None:
         raise UserError(f"--resume {path} is not a checkpoint of this engine")
     missing = [name for name in to_load if name not in content]
     if missing:
-        raise UserError(f"--resume {path} lacks {', '.join(missing)}; expected a checkpoint_<epoch>.pt written by train.py")
+        raise UserError(
+            f"--resume {path} lacks {', '.join(missing)}; expected a checkpoint_<epoch>.pt written by train.py"
+        )
     for name in ("model", "loss"):
         target = to_load[name]
         target = target.module if hasattr(target, "module") else target
@@ -91,5 +95,7 @@ def load_training_state(path: Path, to_load: dict) -> None:
     try:
         Checkpoint.load_objects(rest, {k: content[k] for k in rest})
     except (ValueError, KeyError, RuntimeError) as err:
-        raise WeightsMismatchError(f"--resume {path}: the saved optimizer/scheduler state does not fit this config ({err})") from None
+        raise WeightsMismatchError(
+            f"--resume {path}: the saved optimizer/scheduler state does not fit this config ({err})"
+        ) from None
     logger.info("Resumed from %s (epoch %d)", path, to_load["trainer"].state.epoch)

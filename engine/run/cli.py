@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import ignite.distributed as idist
 import torch
@@ -18,15 +18,21 @@ def parse_command_line(description: str, with_resume: bool, argv: list[str] | No
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config_file", default="", help="YAML experiment file (keys of config/defaults.py)")
     if with_resume:
-        parser.add_argument("--resume", default=None, metavar="PATH",
-                            help="continue from a checkpoint .pt, or from an OUTPUT_DIR's latest checkpoint")
+        parser.add_argument(
+            "--resume",
+            default=None,
+            metavar="PATH",
+            help="continue from a checkpoint .pt, or from an OUTPUT_DIR's latest checkpoint",
+        )
     parser.add_argument("opts", nargs="*", metavar="KEY VALUE", help="pairs overriding the file's keys")
     args, extra = parser.parse_known_args(argv)
     # Options may follow the KEY VALUE pairs: argparse leaves what it did not place in `extra`.
     unknown = [a for a in extra if a.startswith("--")]
     if unknown:
-        raise UserError(f"unknown option {unknown[0]}; expected --config_file FILE"
-                        f"{' [--resume PATH]' if with_resume else ''} followed by KEY VALUE pairs")
+        raise UserError(
+            f"unknown option {unknown[0]}; expected --config_file FILE"
+            f"{' [--resume PATH]' if with_resume else ''} followed by KEY VALUE pairs"
+        )
     args.opts = list(args.opts) + extra
     return args
 
@@ -46,7 +52,7 @@ def user_message(error: BaseException) -> str:
         last = text.splitlines()[-1]
         for prefix in (f"{type(error).__module__}.{type(error).__name__}: ", f"{type(error).__name__}: "):
             if last.startswith(prefix):
-                last = last[len(prefix):]
+                last = last[len(prefix) :]
         return last
     return text or type(error).__name__
 

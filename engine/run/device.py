@@ -29,8 +29,9 @@ def distribute(module: nn.Module, device: torch.device, find_unused_parameters: 
     module = module.to(device)
     if idist.get_world_size() > 1 and any(p.requires_grad for p in module.parameters()):
         device_ids = [device.index] if device.type == "cuda" else None
-        module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids,
-                                                     find_unused_parameters=find_unused_parameters)
+        module = nn.parallel.DistributedDataParallel(
+            module, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+        )
     return module
 
 
