@@ -197,6 +197,18 @@ _C.SOLVER.IMS_PER_BATCH = 64
 # Mixed precision through torch.amp: 'auto' (fp16 on CUDA, off on CPU), 'none', 'fp16' (with a
 # GradScaler), 'bf16'
 _C.SOLVER.AMP = "auto"
+# Training method (engine/methods): 'standard' (forward, loss, backward, step every batch) or 'grad_accum'
+# (one optimizer step per METHOD.GRAD_ACCUM.STEPS batches); a method's own keys live under METHOD.<NAME>
+_C.SOLVER.METHOD = "standard"
+
+# ---------------------------------------------------------------------------------------------------------
+# METHOD: the keys of each training method of SOLVER.METHOD, under the method's name
+# ---------------------------------------------------------------------------------------------------------
+_C.METHOD = CN()
+_C.METHOD.GRAD_ACCUM = CN()
+# Batches whose gradients are summed before one optimizer step (each loss divided by the window's length);
+# windows restart at every epoch, and an epoch's last window may be shorter
+_C.METHOD.GRAD_ACCUM.STEPS = 2
 
 # ---------------------------------------------------------------------------------------------------------
 # LOG: what a run writes besides log.txt and metrics.jsonl
@@ -324,6 +336,8 @@ _C.TEST.WEIGHT = ""
 _C.TEST.NECK_FEAT = "after"
 # 'yes': L2-normalise embeddings before the distance (Euclidean then ranks as cosine); 'no': raw
 _C.TEST.FEAT_NORM = "yes"
+# 'yes': the test embedding is the mean of those of the image and its horizontal mirror (before FEAT_NORM); 'no'
+_C.TEST.FLIP = "no"
 # Distance between embeddings: 'euclidean' or 'cosine'
 _C.TEST.DIST_METRIC = "euclidean"
 # Length of the reported CMC curve
@@ -353,7 +367,8 @@ _C.TEST.VEHICLEID_SIZE = "small"
 _C.TEST.VEHICLEID_PROTOCOL = "retrieval"
 # VehicleID re-ID protocol: number of random gallery draws averaged
 _C.TEST.VEHICLEID_TRIALS = 10
-# Datasets evaluated when DATASETS.NAMES holds several: empty = every one of them
+# Datasets evaluated, in this order (empty = DATASETS.NAMES): any registered names, also ones that do not train
+# (cross-domain: only their query/gallery is loaded); the first one evaluated picks the best model (best.pt)
 _C.TEST.DATASETS = []
 # test.py: k > 0 writes one rank picture per query (the query, its top k-1 valid gallery items and, last, its
 # lowest-ranked true match) to OUTPUT_DIR/visrank/<dataset>/; 0 = none

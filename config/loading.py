@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from yacs.config import CfgNode
 
+from config.choices import check_choices
 from config.defaults import get_defaults
 from config.errors import ConfigError
 
@@ -187,7 +188,9 @@ def merge_pairs(cfg: CfgNode, pairs: Iterable[str]) -> None:
 
 
 def _check(cfg: CfgNode) -> None:
-    """Checks that involve several keys or ranges (choices are checked where objects are built)."""
+    """Fixed choices (config/choices.py), then checks that involve several keys or ranges. Names looked up in
+    registries (MODEL.NAME, DATASETS.NAMES, the loss types, ...) are checked where those objects are built."""
+    check_choices(cfg)
     for key in ("SIZE_TRAIN", "SIZE_TEST"):
         size = cfg.INPUT[key]
         if len(size) != 2 or min(size) <= 0:

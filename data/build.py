@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from config.errors import ConfigError, check_choice
-from data.datasets import load_named_dataset
+from data.datasets import DATASET_LOADERS, load_named_dataset
 from data.image_dataset import ImageDataset
 from data.records import DatasetSplits, Record
 from data.samplers import PKBatchSampler, RandomBatchSampler
@@ -31,7 +31,8 @@ class EvalSet:
 
 @dataclass
 class DataBundle:
-    """What training and evaluation need from the data side."""
+    """What training and evaluation need from the data side (no train records or loader, 0 classes, when built
+    without training: test.py)."""
 
     train_records: list[Record]
     train_loader: DataLoader | None
@@ -88,26 +89,63 @@ def build_eval_loader(cfg, records: list[Record], protocol: str = "reid") -> Dat
     )
 
 
+def evaluated_names(cfg) -> list[str]:
+    """The datasets to evaluate, in evaluation order: TEST.DATASETS, or DATASETS.NAMES when it is empty.
+
+    TEST.DATASETS may name datasets that do not train (cross-domain evaluation, as fast-reid's DATASETS.TESTS);
+    every name must be a registered dataset, each named once.
+    """
+    evaluated = list(cfg.TEST.DATASETS)
+    for name in evaluated:
+        check_choice("TEST.DATASETS", name, tuple(DATASET_LOADERS))
+    repeated = sorted({name for name in evaluated if evaluated.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"TEST.DATASETS = {evaluated} names {repeated} more than once; expected each dataset once")
+    return evaluated or dataset_names(cfg)
+
+
 def build_data(cfg, with_train: bool = True) -> DataBundle:
-    """Load every dataset of DATASETS.NAMES, log their tables, build the train loader and one eval loader each."""
-    names = dataset_names(cfg)
-    all_splits = []
-    for name in names:
+    """Load the datasets of DATASETS.NAMES (they train) and of TEST.DATASETS (they are evaluated, in that order),
+    log their tables, build the train loader and one eval loader per evaluated dataset.
+
+    A dataset that is only evaluated contributes its query/gallery alone: its training records never reach the
+    train loader or the class count. Without training (test.py) only the evaluated datasets are loaded, so a
+    dataset that only trains need not be present.
+    """
+    train_names = dataset_names(cfg)
+    for name in train_names:
+        check_choice("DATASETS.NAMES", name, tuple(DATASET_LOADERS))
+    evaluated = evaluated_names(cfg)  # checked before any dataset is read: a typo costs no loading time
+    to_load = list(dict.fromkeys(train_names + evaluated)) if with_train else evaluated
+    loaded: dict[str, DatasetSplits] = {}
+    for name in to_load:
         splits = load_named_dataset(cfg, name)
         logger.info("\n%s", splits.summary_table())
-        all_splits.append(splits)
-    evaluated = list(cfg.TEST.DATASETS) or names
-    unknown = [n for n in evaluated if n not in names]
-    if unknown:
-        raise ConfigError(f"TEST.DATASETS names {unknown} that are not in DATASETS.NAMES {names}")
-    train_records = merge_train_splits(all_splits)
+        for note in splits.notes:  # what the loader found unusual (a partial copy, skipped folders, ...)
+            logger.warning("Dataset %s: %s", name, note)
+        loaded[name] = splits
     eval_sets = [
-        EvalSet(s, build_eval_loader(cfg, s.eval_records(), s.protocol)) for s in all_splits if s.name in evaluated
+        EvalSet(loaded[name], build_eval_loader(cfg, loaded[name].eval_records(), loaded[name].protocol))
+        for name in evaluated
     ]
+    if not with_train:
+        logger.info("Datasets: evaluating on %s, in this order", ", ".join(evaluated))
+        return DataBundle(train_records=[], train_loader=None, eval_sets=eval_sets, num_classes=0)
+    train_records = merge_train_splits([loaded[name] for name in train_names])
+    num_classes = len({r.label for r in train_records})
+    evaluated_only = [name for name in evaluated if name not in train_names]
+    logger.info(
+        "Datasets: training on %s (%d classes); evaluating on %s, in this order (%s picks the best model)%s",
+        ", ".join(train_names),
+        num_classes,
+        ", ".join(evaluated),
+        evaluated[0],
+        f"; evaluated only (cross-domain): {', '.join(evaluated_only)}" if evaluated_only else "",
+    )
     return DataBundle(
         train_records=train_records,
         # the first dataset's protocol picks the training augmentation (INPUT.TRANSFORM 'auto')
-        train_loader=build_train_loader(cfg, train_records, all_splits[0].protocol) if with_train else None,
+        train_loader=build_train_loader(cfg, train_records, loaded[train_names[0]].protocol),
         eval_sets=eval_sets,
-        num_classes=len({r.label for r in train_records}),
+        num_classes=num_classes,
     )

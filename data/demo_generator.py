@@ -62,7 +62,7 @@ import multiprocessing as mp
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Union
@@ -1049,13 +1049,7 @@ _Job = tuple[str, str, int, int, tuple[int, ...]]
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _render_jobs(
-    root: str,
-    params: Mapping[str, int],
-    jobs: Sequence[_Job],
-    progress: Callable[[int, int], None] | None = None,
-    total: int | None = None,
-) -> int:
+def _render_jobs(root: str, params: Mapping[str, int], jobs: Sequence[_Job]) -> None:
     """Render and write ``jobs``; every image depends only on (seed, its key), not on the order."""
     key = (params["seed"], params["num_cameras"], params["height"], params["width"])
     if _WORKER_STATE.get("key") != key:
@@ -1065,8 +1059,7 @@ def _render_jobs(
     idents: dict[int, dict[str, Any]] = _WORKER_STATE["idents"]
     seed = params["seed"]
     out = Path(root)
-    total = len(jobs) if total is None else total
-    for i, (split, fname, pid, cam, ikey) in enumerate(jobs):
+    for split, fname, pid, cam, ikey in jobs:
         rng = _rng(seed, _T_IMG, *ikey)
         if pid >= 1:
             ident = idents.get(pid)
@@ -1077,14 +1070,11 @@ def _render_jobs(
             # a random passer-by who is not one of the dataset's identities
             img = scene.render(rng, cam, _make_identity(rng), "distractor" if pid == _PID_DISTRACTOR else "junk")
         img.save(out / SPLIT_DIRS[split] / fname, format="JPEG", **_JPEG_KW)
-        if progress is not None:
-            progress(i + 1, total)
-    return len(jobs)
 
 
-def _render_chunk(args: tuple[str, dict[str, int], list[_Job]]) -> int:
+def _render_chunk(args: tuple[str, dict[str, int], list[_Job]]) -> None:
     root, params, jobs = args
-    return _render_jobs(root, params, jobs)
+    _render_jobs(root, params, jobs)
 
 
 def _num_workers(workers: int | None, n_jobs: int) -> int:
@@ -1099,26 +1089,16 @@ def _num_workers(workers: int | None, n_jobs: int) -> int:
     return max(1, min(ncpu, 8))
 
 
-def _render_parallel(
-    root: str,
-    params: Mapping[str, int],
-    jobs: Sequence[_Job],
-    n_workers: int,
-    progress: Callable[[int, int], None] | None,
-) -> None:
+def _render_parallel(root: str, params: Mapping[str, int], jobs: Sequence[_Job], n_workers: int) -> None:
     """Render in ``n_workers`` forked processes (falls back to serial where fork is unavailable)."""
     if "fork" not in mp.get_all_start_methods():
-        _render_jobs(root, params, jobs, progress)
+        _render_jobs(root, params, jobs)
         return
     n_chunks = n_workers * 6
     size = -(-len(jobs) // n_chunks)
     chunks = [(root, dict(params), list(jobs[k : k + size])) for k in range(0, len(jobs), size)]
-    done = 0
     with mp.get_context("fork").Pool(n_workers) as pool:
-        for n in pool.imap_unordered(_render_chunk, chunks):
-            done += n
-            if progress is not None:
-                progress(done, len(jobs))
+        pool.map(_render_chunk, chunks, chunksize=1)  # one chunk per task: the load stays balanced
 
 
 # --------------------------------------------------------------------------- #
@@ -1169,7 +1149,6 @@ def generate_demo_market(
     width: int = DEFAULT_DEMO_PARAMS["width"],
     num_distractors: int = DEFAULT_DEMO_PARAMS["num_distractors"],
     num_junk: int = DEFAULT_DEMO_PARAMS["num_junk"],
-    progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
 ) -> dict[str, Any]:
     """Write a synthetic Market-1501-style dataset under ``root``.
@@ -1193,7 +1172,6 @@ def generate_demo_market(
         num_train_ids, num_test_ids, images_per_id, num_cameras: sizes.
         height, width: image size in pixels (Market-1501 uses 128 x 64).
         num_distractors, num_junk: pid-0 and pid -1 images in the gallery.
-        progress: optional ``callback(done, total)``.
         workers: rendering processes; ``None`` uses the available CPUs
             (forked workers, Linux/macOS) for large trees, ``1`` renders in
             this process.  The output does not depend on it.
@@ -1226,9 +1204,9 @@ def generate_demo_market(
     jobs = _plan(params["seed"], params)
     n_workers = _num_workers(workers, len(jobs))
     if n_workers <= 1:
-        _render_jobs(str(root), params, jobs, progress)
+        _render_jobs(str(root), params, jobs)
     else:
-        _render_parallel(str(root), params, jobs, n_workers, progress)
+        _render_parallel(str(root), params, jobs, n_workers)
 
     stats: dict[str, dict[str, set]] = {s: {"ids": set(), "cams": set()} for s in SPLIT_DIRS}
     n_img = {s: 0 for s in SPLIT_DIRS}

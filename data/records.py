@@ -23,6 +23,8 @@ class DatasetSplits:
     SOP, VehicleID retrieval); `gallery` then holds the same list and each query is excluded from its own
     gallery by index. recall_ks: the dataset's customary K list. extra_trials: further (query, gallery)
     draws of a randomised protocol (VehicleID re-ID); the reported numbers are the mean over all trials.
+    notes: what the loader found worth telling the user (a partial copy, skipped folders, the list used), one
+    sentence each; build_data logs each as a warning beside the dataset's table.
     """
 
     name: str

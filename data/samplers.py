@@ -63,8 +63,8 @@ class PKBatchSampler(_EpochSeeded):
                 f"a PK batch needs {self.p} identities (SOLVER.IMS_PER_BATCH {batch_size} / DATALOADER.NUM_INSTANCE "
                 f"{num_instances}) but the training set has only {len(self.labels)}"
             )
-        self.groups_per_label = {lb: max(len(ix), self.k) // self.k for lb, ix in self.index_of.items()}
-        self.num_batches = max(1, sum(self.groups_per_label.values()) // self.p)
+        groups = sum(max(len(ix), self.k) // self.k for ix in self.index_of.values())
+        self.num_batches = max(1, groups // self.p)
 
     def _groups(self, label: int, rng: np.random.Generator) -> list[np.ndarray]:
         indices = self.index_of[label]

@@ -11,11 +11,10 @@ import logging
 import torch
 import torchvision.transforms as T
 
+from config.choices import TRANSFORM_PIPELINES
 from config.errors import ConfigError, check_choice
 
 logger = logging.getLogger(__name__)
-
-PIPELINES = ("auto", "reid", "retrieval")
 
 # MODEL.NAMEs whose ImageNet weights expect the Caffe input (BGR, 0-255, mean below, std 1). data/ does not
 # import the models; tests/test_bn_inception.py checks this list against the backbones' input_convention.
@@ -55,7 +54,7 @@ def build_normalize(cfg) -> torch.nn.Module:
 
 def pipeline_for(cfg, protocol: str) -> str:
     """INPUT.TRANSFORM, with 'auto' resolved by the dataset's protocol."""
-    check_choice("INPUT.TRANSFORM", cfg.INPUT.TRANSFORM, PIPELINES)
+    check_choice("INPUT.TRANSFORM", cfg.INPUT.TRANSFORM, TRANSFORM_PIPELINES)
     return protocol if cfg.INPUT.TRANSFORM == "auto" else cfg.INPUT.TRANSFORM
 
 

@@ -10,11 +10,20 @@ import ignite.distributed as idist
 import torch
 
 from config import UserError
+from config.choices import RANKED_LIST_FORMATS
 from config.errors import check_choice
 from data.build import build_data
 from engine.evaluation.dataset_evaluation import DatasetEvaluation, format_metrics
+from engine.reporting.run_files import (
+    TEST_CONFIG_FILE,
+    TEST_LOG_FILE,
+    TEST_METRICS_FILE,
+    VISRANK_DIR,
+    atomic_write_text,
+    ranked_list_name,
+)
 from engine.run.device import resolve_device
-from engine.run.output_dir import atomic_write_text, save_config, setup_logging
+from engine.run.output_dir import save_config, setup_logging
 from engine.run.precision import resolve_precision
 from modeling import build_model, load_weights
 
@@ -86,7 +95,7 @@ def write_ranked_list(cfg, inputs: RankingInputs, output_dir: Path) -> Path:
     from engine.reporting.ranked_lists import write_ranked_lists
 
     fmt = cfg.TEST.RANKED_LIST_FORMAT
-    path = output_dir / f"ranked_list_{inputs.spec.name}.{fmt}"
+    path = output_dir / ranked_list_name(inputs.spec.name, fmt)
     return write_ranked_lists(
         path,
         fmt,
@@ -101,7 +110,8 @@ def write_ranked_list(cfg, inputs: RankingInputs, output_dir: Path) -> Path:
 
 
 def run_test(cfg) -> dict:
-    """Evaluate TEST.WEIGHT on the test split of DATASETS.NAMES; writes OUTPUT_DIR/test_metrics.json.
+    """Evaluate TEST.WEIGHT on the test splits of TEST.DATASETS (empty: DATASETS.NAMES), in that order; writes
+    OUTPUT_DIR/test_metrics.json. Datasets that only train are not loaded.
 
     With TEST.WEIGHT empty the model is evaluated as MODEL.PRETRAIN_CHOICE builds it (random, ImageNet or
     MODEL.PRETRAIN_PATH), which is how the untrained baseline of a recipe is measured.
@@ -111,8 +121,8 @@ def run_test(cfg) -> dict:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create OUTPUT_DIR {output_dir}: {err}") from None
-    setup_logging(output_dir, "test_log.txt")
-    save_config(cfg, output_dir, "test_config.yaml")
+    setup_logging(output_dir, TEST_LOG_FILE)
+    save_config(cfg, output_dir, TEST_CONFIG_FILE)
     device = resolve_device(cfg.MODEL.DEVICE)
     precision = resolve_precision(cfg.SOLVER.AMP, device)
     if cfg.TEST.WEIGHT:
@@ -134,7 +144,7 @@ def run_test(cfg) -> dict:
         raise UserError(
             f"TEST.RANKED_LIST = {cfg.TEST.RANKED_LIST}; expected 0 (none) or the number of items per query"
         )
-    check_choice("TEST.RANKED_LIST_FORMAT", cfg.TEST.RANKED_LIST_FORMAT, ("csv", "json"))
+    check_choice("TEST.RANKED_LIST_FORMAT", cfg.TEST.RANKED_LIST_FORMAT, RANKED_LIST_FORMATS)
     results = []
     for eval_set in data.eval_sets:
         evaluation = DatasetEvaluation(
@@ -164,9 +174,9 @@ def run_test(cfg) -> dict:
                     "Rank pictures of %d queries (%d gallery tiles each) in %s",
                     len(pictures),
                     cfg.TEST.VISRANK,
-                    output_dir / "visrank" / result["dataset"],
+                    output_dir / VISRANK_DIR / result["dataset"],
                 )
         results.append(result)
     content = results[0] if len(results) == 1 else {"weight": weight, "datasets": results}
-    atomic_write_text(output_dir / "test_metrics.json", json.dumps(content, indent=2))
+    atomic_write_text(output_dir / TEST_METRICS_FILE, json.dumps(content, indent=2))
     return results[0] if len(results) == 1 else content

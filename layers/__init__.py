@@ -3,7 +3,9 @@
 MODEL.CLS_LOSS_TYPE names one classification head (on the neck feature); MODEL.METRIC_LOSS_TYPE names one or
 more metric losses joined by '+' (on the pooled feature), e.g. 'ms+center'. Each builder takes
 (cfg, num_classes, feat_dim) and reads its hyper-parameters from the LOSS node (or the SOLVER keys the seeds
-use). 'pml:<LossClass>' builds any pytorch-metric-learning loss (layers/pml_catalogue.py).
+use), including those of the optimizers some parameters train in on their own (AMLoss's margins, the center
+loss's centers), which the term declares and the solver builds. Every term is a layers.term.LossTerm.
+'pml:<LossClass>' builds any pytorch-metric-learning loss (layers/pml_catalogue.py).
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from torch import nn
-
+from config.choices import CONTRASTIVE_REDUCTIONS, ON_OFF, SOFT_CONTRASTIVE_MININGS, YES_NO
 from config.errors import ConfigError, check_choice
 from layers.amloss import AMLoss
 from layers.center import CenterLoss
@@ -30,11 +31,12 @@ from layers.proxy_anchor import ProxyAnchorLoss
 from layers.proxy_nca import ProxyNCALoss
 from layers.soft_contrastive import SoftContrastiveLoss
 from layers.softmax import SoftmaxClassifierLoss
+from layers.term import LossTerm, OwnOptimizerSpec, StepLRSpec
 from layers.triplet import BatchHardTripletLoss
 from layers.uc_losses import UcClsHead, UcTripletLoss
 from modeling.arch import parse_arch
 
-Builder = Callable[..., nn.Module]
+Builder = Callable[..., LossTerm]
 
 
 def _smoothing(cfg) -> float:
@@ -68,7 +70,7 @@ CLS_LOSSES: dict[str, Builder] = {
 
 def _margin_loss(cfg, c: int, d: int) -> MarginLoss:
     m = cfg.LOSS.MARGIN_LOSS
-    check_choice("LOSS.MARGIN_LOSS.LEARN_BETA", m.LEARN_BETA, ("yes", "no"))
+    check_choice("LOSS.MARGIN_LOSS.LEARN_BETA", m.LEARN_BETA, YES_NO)
     return MarginLoss(
         c,
         alpha=m.ALPHA,
@@ -82,19 +84,23 @@ def _margin_loss(cfg, c: int, d: int) -> MarginLoss:
 
 def _soft_contrastive(cfg, c: int, d: int) -> SoftContrastiveLoss:
     s = cfg.LOSS.SOFT_CONTRASTIVE
-    check_choice("LOSS.SOFT_CONTRASTIVE.MINING", s.MINING, ("at_asms", "asms", "none"))
+    check_choice("LOSS.SOFT_CONTRASTIVE.MINING", s.MINING, SOFT_CONTRASTIVE_MININGS)
     return SoftContrastiveLoss(
         pos_scale=s.POS_SCALE, neg_scale=s.NEG_SCALE, thresh=s.THRESH, mining=s.MINING, margin=s.MARGIN
     )
 
 
 def _contrastive(cfg, c: int, d: int) -> ContrastiveLoss:
-    check_choice("LOSS.CONTRASTIVE.REDUCTION", cfg.LOSS.CONTRASTIVE.REDUCTION, ("sum", "mean"))
+    check_choice("LOSS.CONTRASTIVE.REDUCTION", cfg.LOSS.CONTRASTIVE.REDUCTION, CONTRASTIVE_REDUCTIONS)
     return ContrastiveLoss(margin=cfg.LOSS.CONTRASTIVE.MARGIN, reduction=cfg.LOSS.CONTRASTIVE.REDUCTION)
 
 
 def _amloss(cfg, c: int, d: int) -> AMLoss:
     a = cfg.LOSS.AMLOSS
+    if a.MARGIN_DECAY_STEP <= 0:
+        raise ConfigError(
+            f"LOSS.AMLOSS.MARGIN_DECAY_STEP = {a.MARGIN_DECAY_STEP}; expected a positive number of epochs"
+        )
     return AMLoss(
         c,
         d,
@@ -104,7 +110,19 @@ def _amloss(cfg, c: int, d: int) -> AMLoss:
         margin_init=a.MARGIN_INIT,
         pp_delta=a.PP_DELTA,
         pp_weight=a.PP_WEIGHT,
+        margin_lr=a.MARGIN_LR,
+        margin_weight_decay=a.MARGIN_WEIGHT_DECAY,
+        margin_decay_step=a.MARGIN_DECAY_STEP,
+        margin_decay_gamma=a.MARGIN_DECAY_GAMMA,
     )
+
+
+def _center(cfg, c: int, d: int) -> CenterLoss:
+    """The centers' own SGD (SOLVER.CENTER_LR) divides their gradient by the term's weight in the total."""
+    weight = cfg.SOLVER.CENTER_LOSS_WEIGHT
+    if weight <= 0:
+        raise ConfigError(f"SOLVER.CENTER_LOSS_WEIGHT = {weight}; expected a positive weight with the center loss")
+    return CenterLoss(c, d, center_lr=cfg.SOLVER.CENTER_LR, loss_weight=weight)
 
 
 METRIC_LOSSES: dict[str, Builder] = {
@@ -127,7 +145,7 @@ METRIC_LOSSES: dict[str, Builder] = {
         c, d, alpha=cfg.LOSS.PROXY_ANCHOR.ALPHA, delta=cfg.LOSS.PROXY_ANCHOR.DELTA
     ),
     "amloss": _amloss,
-    "center": lambda cfg, c, d: CenterLoss(c, d),
+    "center": _center,
     # NAMA (seed 002): margins shifted per sample by the uncertainty head's offsets
     "uc-tri-n": lambda cfg, c, d: UcTripletLoss(scale=cfg.SOLVER.S, margin=cfg.SOLVER.MARGIN, form="tri-n"),
     "uc-tri-hard": lambda cfg, c, d: UcTripletLoss(scale=cfg.SOLVER.S, margin=cfg.SOLVER.MARGIN, form="tri-hard"),
@@ -140,7 +158,7 @@ METRIC_ALIASES = {"tri": "triplet", "triplet_center": "triplet+center"}
 
 def metric_loss_names(cfg) -> list[str]:
     """The metric terms of MODEL.METRIC_LOSS_TYPE ('+'-joined, aliases expanded) and MODEL.IF_WITH_CENTER."""
-    check_choice("MODEL.IF_WITH_CENTER", cfg.MODEL.IF_WITH_CENTER, ("yes", "no"))
+    check_choice("MODEL.IF_WITH_CENTER", cfg.MODEL.IF_WITH_CENTER, YES_NO)
     text = cfg.MODEL.METRIC_LOSS_TYPE.strip()
     names: list[str] = []
     if text != "none":
@@ -170,14 +188,14 @@ def term_key(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_]", "_", name)
 
 
-def _build_term(key: str, name: str, builder: Callable[[], nn.Module]) -> nn.Module:
+def _build_term(key: str, name: str, builder: Callable[[], LossTerm]) -> LossTerm:
     try:
         return builder()
     except ValueError as err:  # a hyper-parameter the loss refuses (e.g. a negative scale)
         raise ConfigError(f"{key} {name}: {err}") from None
 
 
-def build_metric_term(cfg, name: str, num_classes: int, feat_dim: int) -> nn.Module:
+def build_metric_term(cfg, name: str, num_classes: int, feat_dim: int) -> LossTerm:
     """One metric loss by name (a registry entry or 'pml:<LossClass>' with LOSS.MINER)."""
     if name.startswith(PML_PREFIX):
         loss = build_pml_loss(name, cfg.LOSS.PML_KWARGS, num_classes, feat_dim)
@@ -229,7 +247,7 @@ def build_loss(cfg, num_classes: int, feat_dim: int) -> CompositeLoss:
     'center'), plus, with NAMA's uncertainty head, MAG_G times the norm regulariser as a gradient-only term.
     """
     check_choice("MODEL.CLS_LOSS_TYPE", cfg.MODEL.CLS_LOSS_TYPE, (*CLS_LOSSES, "none"))
-    check_choice("MODEL.IF_LABELSMOOTH", cfg.MODEL.IF_LABELSMOOTH, ("on", "off"))
+    check_choice("MODEL.IF_LABELSMOOTH", cfg.MODEL.IF_LABELSMOOTH, ON_OFF)
     names = metric_loss_names(cfg)
     _check_arch(cfg, names)
     uses_pml = any(n.startswith(PML_PREFIX) for n in names)
@@ -275,6 +293,9 @@ __all__ = [
     "METRIC_ALIASES",
     "METRIC_LOSSES",
     "CompositeLoss",
+    "LossTerm",
+    "OwnOptimizerSpec",
+    "StepLRSpec",
     "build_loss",
     "build_metric_term",
     "metric_loss_names",

@@ -9,6 +9,7 @@ from torch.autograd.function import once_differentiable
 
 from layers.loss_inputs import check_positive, check_sizes, loss_dtype
 from layers.proxy_anchor import init_proxies, proxy_anchor_terms
+from layers.term import LossTerm, OwnOptimizerSpec, StepLRSpec
 
 
 class _ProxyProxyTerm(torch.autograd.Function):
@@ -62,7 +63,7 @@ class _ProxyProxyTerm(torch.autograd.Function):
         return grad_p, grad_margins, None, None
 
 
-class AMLoss(nn.Module):
+class AMLoss(LossTerm):
     """AMLoss (Wang, Liu, Lang, Zhou, Shan: "Learnable dynamic margin in deep metric learning", Pattern
     Recognition 132, 2022): Proxy Anchor with a learnable margin per class and a proxy-to-proxy term.
 
@@ -77,9 +78,11 @@ class AMLoss(nn.Module):
     alpha_pos = alpha_neg = 32 (48 in the CUB/Cars recipes), delta_neg = 0.1, margins initialised at 0.1,
     pp_delta = 0.1, pp_weight = 1. With pp_weight = 0, every margin = delta_neg and alpha_pos = alpha_neg it
     is Proxy Anchor (alpha, delta). Learnable parameters: `proxies` (C x d; randn then kaiming_normal_
-    fan_out, 100x learning rate as Proxy Anchor) and `margins` (C,). The margins get their own AdamW
-    (lr 1e-4, wd 1e-4) and StepLR (10 epochs, gamma 0.5), built by solver/ from the parameter name; proxies
-    and margins stay trainable during warm-up. Nothing here touches the optimizer.
+    fan_out; group 'proxy', the 100x learning rate of Proxy Anchor) and `margins` (C,), which train in an
+    optimizer of their own, 'margins' (`own_optimizers`): AdamW (lr `margin_lr` 1e-4, weight decay
+    `margin_weight_decay` 1e-4) with a StepLR (`margin_decay_step` 10 epochs, `margin_decay_gamma` 0.5), as
+    the AMLoss code trains them. Proxies and margins stay trainable during warm-up. The solver builds those
+    optimizers; nothing here touches them.
 
     L_pp is over all C proxies at every step: a C x C matrix (at SOP, C = 11,318: about half of it, 0.3 GB
     in fp32, kept for the backward pass, and 1.5 C x C x d GEMMs per step); pp_weight = 0 skips it.
@@ -88,6 +91,7 @@ class AMLoss(nn.Module):
     margins the positive side uses this step), not of all C classes.
     """
 
+    inputs = ("feat",)
     stat_names: tuple[str, ...] = ("avg_margin",)
     # rows per strip of the proxy-to-proxy matrix: large enough for efficient GEMMs, small enough that the
     # symmetry saves most of the other half (55% of the matrix computed at C = 11,318)
@@ -103,6 +107,10 @@ class AMLoss(nn.Module):
         margin_init: float = 0.1,
         pp_delta: float = 0.1,
         pp_weight: float = 1.0,
+        margin_lr: float = 1e-4,
+        margin_weight_decay: float = 1e-4,
+        margin_decay_step: int = 10,
+        margin_decay_gamma: float = 0.5,
     ):
         super().__init__()
         check_sizes(num_classes, feat_dim)
@@ -112,6 +120,10 @@ class AMLoss(nn.Module):
         check_positive("margin_init", margin_init, allow_zero=True)
         check_positive("pp_delta", pp_delta, allow_zero=True)
         check_positive("pp_weight", pp_weight, allow_zero=True)
+        check_positive("margin_lr", margin_lr, allow_zero=True)
+        check_positive("margin_weight_decay", margin_weight_decay, allow_zero=True)
+        check_positive("margin_decay_step", margin_decay_step)
+        check_positive("margin_decay_gamma", margin_decay_gamma, allow_zero=True)
         self.num_classes = int(num_classes)
         self.alpha_pos = float(alpha_pos)
         self.alpha_neg = float(alpha_neg)
@@ -120,7 +132,26 @@ class AMLoss(nn.Module):
         self.pp_weight = float(pp_weight)
         self.proxies = init_proxies(self.num_classes, feat_dim)
         self.margins = nn.Parameter(torch.full((self.num_classes,), float(margin_init)))
-        self.stats: dict[str, torch.Tensor] = {}
+        # kept as given (not converted): the solver passes them on to AdamW / StepLR unchanged
+        self.margin_lr, self.margin_weight_decay = margin_lr, margin_weight_decay
+        self.margin_schedule = StepLRSpec(margin_decay_step, margin_decay_gamma)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The proxies in 'proxy' (the margins train in their own optimizer)."""
+        return self._groups_with({"proxy": [self.proxies]})
+
+    def own_optimizers(self) -> dict[str, OwnOptimizerSpec]:
+        """'margins': AdamW with a StepLR, the hyper-parameters given to the constructor."""
+        # built on demand: the spec must hold the current Parameter objects (a device move may replace them)
+        return {
+            "margins": OwnOptimizerSpec(
+                (self.margins,),
+                "AdamW",
+                lr=self.margin_lr,
+                weight_decay=self.margin_weight_decay,
+                schedule=self.margin_schedule,
+            )
+        }
 
     def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if feats.shape[0] == 0:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from layers.loss_inputs import check_positive, cosine_similarities
+from layers.term import LossTerm
 
 
 def anchor_softplus_lse(
@@ -64,7 +64,7 @@ def circle_pair_loss(
     return sim.sum() * 0.0 if loss is None else loss
 
 
-class CirclePairLoss(nn.Module):
+class CirclePairLoss(LossTerm):
     """Circle loss, pairwise-label form (Sun, Cheng, Zhang, Zhang, Zheng, Wang, Wei: "Circle Loss: A Unified
     Perspective of Pair Similarity Optimization", CVPR 2020), on cosine similarities s of L2-normalised
     features. For an anchor i with positives P_i (same label, i itself excluded by index) and negatives N_i:
@@ -78,13 +78,13 @@ class CirclePairLoss(nn.Module):
     setting (it uses gamma = 128 for re-ID).
     """
 
+    inputs = ("feat",)
     stat_names: tuple[str, ...] = ()
 
     def __init__(self, margin: float = 0.25, scale: float = 256.0):
         super().__init__()
         self.margin = check_positive("circle margin", margin, allow_zero=True)
         self.scale = check_positive("circle scale", scale)
-        self.stats: dict[str, torch.Tensor] = {}
 
     def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return circle_pair_loss(feats, labels, self.margin, self.scale)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from layers.loss_inputs import compute_dtype, cosine_similarities, pair_masks
+from layers.term import LossTerm
 
 
-class ContrastiveLoss(nn.Module):
+class ContrastiveLoss(LossTerm):
     """Contrastive loss (Hadsell, Chopra, LeCun: "Dimensionality Reduction by Learning an Invariant Mapping",
     CVPR 2006) in the form of MMSI's code (Jiang, Liu, Dai, Hu, Huang, Yao, Xie, Shao: "Deep Metric Learning
     Based on Meta-Mining Strategy With Semiglobal Information", IEEE TNNLS, 2024): on cosine similarities s
@@ -28,6 +28,7 @@ class ContrastiveLoss(nn.Module):
     from pytorch-metric-learning's ContrastiveLoss by m per active negative while the gradients coincide.
     """
 
+    inputs = ("feat",)
     stat_names: tuple[str, ...] = ()
 
     def __init__(self, margin: float = 0.5, reduction: str = "sum"):
@@ -38,7 +39,6 @@ class ContrastiveLoss(nn.Module):
             raise ValueError(f"ContrastiveLoss: reduction must be 'sum' or 'mean', got {reduction!r}")
         self.margin = float(margin)
         self.reduction = reduction
-        self.stats: dict[str, torch.Tensor] = {}
 
     def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # an enclosing autocast region would run the similarity product in half precision

@@ -29,15 +29,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from layers.loss_inputs import matmul_normalized_rows
+from layers.term import LossTerm
 
 
-class _CosineMarginHead(nn.Module):
+class _CosineMarginHead(LossTerm):
     """The shared part: weights, argument checks, fp32 cosine logits, the cross-entropy.
 
     Subclasses implement `_margin_logits(logits, labels)`, which gets the plain logits s * cos (n x C) and
     returns the margin logits z; it must not modify `logits` in place (they are returned for accuracy).
     """
 
+    inputs = ("neck_feat",)
     stat_names: tuple[str, ...] = ()
 
     def __init__(self, feat_dim: int, num_classes: int, scale: float, margin: float, label_smoothing: float):
@@ -56,7 +58,6 @@ class _CosineMarginHead(nn.Module):
         self.scale, self.margin, self.label_smoothing = float(scale), float(margin), float(label_smoothing)
         self.weight = nn.Parameter(torch.empty(num_classes, feat_dim))
         nn.init.normal_(self.weight, std=0.01)
-        self.stats: dict[str, torch.Tensor] = {}
 
     def extra_repr(self) -> str:
         return (

@@ -9,12 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from layers.distance_weighted import check_sampler_cutoffs, triplets_from_distances
+from layers.term import LossTerm
 
 # inside the square root: the distance of a pair of identical vectors keeps a finite gradient
 _DIST_EPS = 1e-8
 
 
-class MarginLoss(nn.Module):
+class MarginLoss(LossTerm):
     """Margin loss (Wu, Manmatha, Smola, Krähenbühl: "Sampling Matters in Deep Embedding Learning", ICCV 2017)
     on triplets from distance-weighted sampling, as trained in Divide-and-Conquer (Sanakoyeu, Tschernezki,
     Büchler, Ommer: "Divide and Conquer the Embedding Space for Metric Learning", CVPR 2019).
@@ -32,14 +33,15 @@ class MarginLoss(nn.Module):
 
     beta_a: with learn_beta=False one fixed scalar (a buffer named `beta`); with learn_beta=True
     `self.beta` is an nn.Parameter of shape (num_classes,) initialised to `beta` and indexed by the anchor's
-    label (Wu et al.'s beta^(class)). This module does not optimise them: the solver puts parameters named
-    `beta` in their own optimizer group (Adam, lr `lr_beta` = 0.1, weight decay 0). The nu term regularises
+    label (Wu et al.'s beta^(class)). This module does not optimise them: they are in the optimizer group
+    'beta' (`parameter_groups`; Wu et al.: lr 0.1, weight decay 0). The nu term regularises
     learnable betas only (with a fixed beta it would be a constant), so nu > 0 requires learn_beta=True.
 
     Stats: "beta" = mean beta_a over the triplets, "active_terms" = fraction of non-zero hinge terms.
     Sampling uses the global RNG unless `self.generator` is set to a torch.Generator.
     """
 
+    inputs = ("feat",)
     stat_names: tuple[str, ...] = ("beta", "active_terms")
 
     def __init__(
@@ -77,7 +79,6 @@ class MarginLoss(nn.Module):
             # a buffer follows .to(device) and lands in the state dict, but no optimizer ever sees it
             self.register_buffer("beta", torch.tensor(float(beta)))
         self.generator: torch.Generator | None = None
-        self.stats: dict[str, torch.Tensor] = {}
 
     @staticmethod
     def _gram(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,6 +88,10 @@ class MarginLoss(nn.Module):
         of gathering 2 x #triplets rows of d values, and the sampler reuses it (detached)."""
         f = F.normalize(feats if feats.dtype == torch.float64 else feats.float(), dim=1)
         return f @ f.t(), (f * f).sum(1)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The learnable betas in 'beta' (none with a fixed beta, a buffer)."""
+        return self._groups_with({"beta": [self.beta]} if self.learn_beta else {})
 
     def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         gram, sq = self._gram(feats)

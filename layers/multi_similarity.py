@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from layers.loss_inputs import compute_dtype, cosine_similarities, pair_masks
+from layers.term import LossTerm
 
 
 def multi_similarity_mining(
@@ -27,7 +27,7 @@ def multi_similarity_mining(
     return pos_keep, neg_keep
 
 
-class MultiSimilarityLoss(nn.Module):
+class MultiSimilarityLoss(LossTerm):
     """Multi-Similarity loss (Wang, Han, Huang, Dong, Scott: "Multi-Similarity Loss with General Pair
     Weighting for Deep Metric Learning", CVPR 2019) on the pairs kept by `multi_similarity_mining`
     (eps = mining_margin). With s the cosine similarities of the L2-normalised features, a = pos_scale,
@@ -45,6 +45,7 @@ class MultiSimilarityLoss(nn.Module):
     stats: pos_pairs / neg_pairs, the mean number of kept positives / negatives per anchor.
     """
 
+    inputs = ("feat",)
     stat_names: tuple[str, ...] = ("pos_pairs", "neg_pairs")
 
     def __init__(
@@ -65,7 +66,6 @@ class MultiSimilarityLoss(nn.Module):
             raise ValueError(f"MultiSimilarityLoss: mining_margin must be >= 0, got {mining_margin!r}")
         self.pos_scale, self.neg_scale = float(pos_scale), float(neg_scale)
         self.thresh, self.mining_margin, self.coef = float(thresh), float(mining_margin), float(coef)
-        self.stats: dict[str, torch.Tensor] = {}
 
     def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # an enclosing autocast region would run the similarity product in half precision

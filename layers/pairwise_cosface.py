@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from layers.circle import anchor_softplus_lse
 from layers.loss_inputs import check_positive, cosine_similarities
+from layers.term import LossTerm
 
 
-class PairwiseCosFaceLoss(nn.Module):
+class PairwiseCosFaceLoss(LossTerm):
     """Pairwise CosFace loss: the unified pairwise form of Sun et al. ("Circle Loss: A Unified Perspective of
     Pair Similarity Optimization", CVPR 2020, eq. 1 with the CosFace margin), as NAMA's `cosface` metric loss
     (Huang, He, Yang, Gao, Sang, "Norm-Aware Margin Assignment"). With cos the cosine similarities of the
@@ -26,13 +26,13 @@ class PairwiseCosFaceLoss(nn.Module):
     anchor with no other positive contribute a loss). Excluding it matches Circle loss and the triplet.
     """
 
+    inputs = ("feat",)
     stat_names: tuple[str, ...] = ()
 
     def __init__(self, scale: float = 32.0, margin: float = 0.3):
         super().__init__()
         self.scale = check_positive("pairwise cosface scale", scale)
         self.margin = check_positive("pairwise cosface margin", margin, allow_zero=True)
-        self.stats: dict[str, torch.Tensor] = {}
 
     def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         sim = cosine_similarities(feats)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from config.errors import ConfigError
+from layers.term import LossTerm
 
 PREFIX = "pml:"
 
@@ -160,18 +161,32 @@ def build_pml_miner(spec: str, kwargs_text: str) -> nn.Module:
     return _construct(getattr(miners, name), kwargs, f"LOSS.MINER {spec} with LOSS.MINER_KWARGS")
 
 
-class PMLMetricLoss(nn.Module):
+class PMLMetricLoss(LossTerm):
     """A PML loss (optionally fed by a PML miner) behind this engine's metric-loss call: (feats, labels) -> loss.
 
     The value is whatever the PML class defines (see its documentation); its learnable parameters are ours.
+    PML declares no optimizer group for them, so `parameter_groups` reads PML's attribute names, a
+    convention its losses follow: `proxies` (ProxyAnchorLoss, ProxyNCALoss, ManifoldLoss) -> 'proxy',
+    `beta` (MarginLoss with learn_beta) -> 'beta', biases -> 'bias', the rest (class weights `W`, `fc`, ...)
+    -> 'loss'.
     """
 
+    inputs = ("feat",)
     stat_names: tuple[str, ...] = ()
 
     def __init__(self, loss: nn.Module, miner: nn.Module | None = None):
         super().__init__()
         self.loss, self.miner = loss, miner
-        self.stats: dict[str, torch.Tensor] = {}
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """PML's proxies in 'proxy', its learnable betas in 'beta', the rest by the default rule."""
+        group_of_name = {"proxies": "proxy", "beta": "beta"}
+        declared: dict[str, list[nn.Parameter]] = {}
+        for name, param in self.named_parameters():
+            group = group_of_name.get(name.rsplit(".", 1)[-1])
+            if group is not None:
+                declared.setdefault(group, []).append(param)
+        return self._groups_with(declared)
 
     def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         feats = feats if feats.dtype == torch.float64 else feats.float()

@@ -16,6 +16,7 @@ from layers.loss_inputs import (
     cosine_to_rows_backward,
     loss_dtype,
 )
+from layers.term import LossTerm
 
 # Above this bound on the exponent, exp() of a sum over a batch could overflow in fp32 (e^88 ~ 1.7e38), so
 # the negative side is shifted by its column maximum; below it the shift (two extra passes) is skipped.
@@ -125,7 +126,7 @@ def proxy_anchor_terms(
     return pos, neg, classes
 
 
-class ProxyAnchorLoss(nn.Module):
+class ProxyAnchorLoss(LossTerm):
     """Proxy Anchor loss (Kim, Kim, Cho, Kwak: "Proxy Anchor Loss for Deep Metric Learning", CVPR 2020).
 
     With s(x, p) the cosine similarity of a sample and a proxy, P+ the proxies of the classes present in
@@ -135,10 +136,12 @@ class ProxyAnchorLoss(nn.Module):
           + (1/C)    sum_{p}       log(1 + sum_{x in X_p-} e^{ alpha (s(x,p) + delta)})
 
     alpha = 32, delta = 0.1. `proxies` (C x d) are learnable (randn then kaiming_normal_ fan_out, as the
-    paper's code); the paper trains them with a 100x learning rate, which the optimizer applies by the
-    parameter name. Single-class batch: the negative side of that class is empty (0), the rest still counts.
+    paper's code); the paper trains them with a 100x learning rate: they are in the optimizer group 'proxy'
+    (`parameter_groups`), whose learning rate is BASE_LR * PROXY_LR_FACTOR. Single-class batch: the
+    negative side of that class is empty (0), the rest still counts.
     """
 
+    inputs = ("feat",)
     stat_names: tuple[str, ...] = ()
 
     def __init__(self, num_classes: int, feat_dim: int, alpha: float = 32.0, delta: float = 0.1):
@@ -150,7 +153,10 @@ class ProxyAnchorLoss(nn.Module):
         self.alpha = float(alpha)
         self.delta = float(delta)
         self.proxies = init_proxies(self.num_classes, feat_dim)
-        self.stats: dict[str, torch.Tensor] = {}
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The proxies in 'proxy' (the paper's 100x learning rate)."""
+        return self._groups_with({"proxy": [self.proxies]})
 
     def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if feats.shape[0] == 0:

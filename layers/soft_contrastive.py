@@ -6,9 +6,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from layers.loss_inputs import compute_dtype, cosine_similarities, pair_masks
+from layers.term import LossTerm
 
 MINING_MODES = ("asms", "at_asms", "none")
 
@@ -81,7 +81,7 @@ def at_asms_tolerances(
     return _at_asms_from_extremes(sim, pos_mask, neg_mask, min_pos, margin)
 
 
-class SoftContrastiveLoss(nn.Module):
+class SoftContrastiveLoss(LossTerm):
     """Soft contrastive loss of DDTAS (Jiang, Yao, Liu, Shen, Nie, Hua: "Dual Dynamic Threshold Adjustment
     Strategy", ACM TOMM, 2024; `losses/SoftCon.py` of its code), on cosine similarities s of the L2-normalised
     features,
@@ -100,6 +100,7 @@ class SoftContrastiveLoss(nn.Module):
     r = tau = 0 with its fixed tolerances, "none" reports zeros.
     """
 
+    inputs = ("feat",)
     stat_names: tuple[str, ...] = ("r", "tau", "g_pos", "g_neg")
 
     def __init__(
@@ -122,7 +123,6 @@ class SoftContrastiveLoss(nn.Module):
             raise ValueError(f"SoftContrastiveLoss: margin must be >= 0, got {margin!r}")
         self.pos_scale, self.neg_scale, self.thresh = float(pos_scale), float(neg_scale), float(thresh)
         self.mining, self.margin = mining, float(margin)
-        self.stats: dict[str, torch.Tensor] = {}
 
     def _select(
         self, sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor

@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layers.term import LossTerm
 
-class SoftmaxClassifierLoss(nn.Module):
+
+class SoftmaxClassifierLoss(LossTerm):
     """Cross-entropy on a bias-free linear classifier, with label smoothing (Szegedy et al., "Rethinking the
     Inception Architecture", CVPR 2016; used for re-ID by Luo et al., "Bag of Tricks", 2019).
 
@@ -17,6 +19,8 @@ class SoftmaxClassifierLoss(nn.Module):
 
     eps = 0.1 when label smoothing is on, 0 otherwise (plain cross-entropy).
     """
+
+    inputs = ("neck_feat",)
 
     def __init__(self, feat_dim: int, num_classes: int, label_smoothing: float = 0.1):
         super().__init__()

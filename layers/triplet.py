@@ -6,7 +6,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from layers.term import LossTerm
 
 
 def euclidean_distances(x: torch.Tensor) -> torch.Tensor:
@@ -26,7 +27,7 @@ def chord_distances(x: torch.Tensor) -> torch.Tensor:
     return (2.0 - 2.0 * (f @ f.t())).clamp_min(1e-12).sqrt()
 
 
-class BatchHardTripletLoss(nn.Module):
+class BatchHardTripletLoss(LossTerm):
     """Batch-hard triplet loss (Hermans, Beyer, Leibe: "In Defense of the Triplet Loss for Person
     Re-Identification", arXiv:1703.07737, 2017).
 
@@ -45,6 +46,7 @@ class BatchHardTripletLoss(nn.Module):
     L2-normalised features (in [0, 2], so the margin is on that scale).
     """
 
+    inputs = ("feat",)
     stat_names: tuple[str, ...] = ()
 
     def __init__(self, margin: float | None = 0.3, normalize: bool = False):
@@ -59,7 +61,6 @@ class BatchHardTripletLoss(nn.Module):
             raise ValueError(f"triplet normalize must be True or False, got {normalize!r}")  # noqa: TRY004
         self.margin = margin
         self.normalize = normalize
-        self.stats: dict[str, torch.Tensor] = {}
 
     def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # fp16/bf16 are raised to fp32 (losses compute in fp32); float64 stays float64

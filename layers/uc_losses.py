@@ -6,8 +6,9 @@ batch, with gradients flowing into it). Both losses here take it as a third argu
 
     loss(feats, labels, uc)        uc: Tensor[n] of offsets u_i (None: all zero)
 
-and carry the class attribute `needs_uc = True` so the composite criterion knows to pass it. A larger u_i
-means a larger margin for sample i (the "recognisable" samples); the mean margin stays the configured m.
+and declare it among their `inputs` (("feat", "uc"), ("neck_feat", "uc")), which is how the composite
+criterion knows to pass the model's 'uc' output (layers/term.py). A larger u_i means a larger margin for
+sample i (the "recognisable" samples); the mean margin stays the configured m.
 
 Compute is fp32 with autocast off (float64 stays float64 so gradcheck works): at s = 32 a bf16 logit has a
 resolution far coarser than the margins themselves. `uc` is cast to the same dtype.
@@ -28,6 +29,7 @@ from layers.loss_inputs import (
     matmul_normalized_rows,
     pair_masks,
 )
+from layers.term import LossTerm
 
 # d/2 = sin(theta/2) is clamped below 1 before asin: asin'(1) is infinite (antipodal features)
 _ASIN_CLAMP = 1.0 - 1e-7
@@ -53,7 +55,7 @@ def _check_form(form: str, valid: tuple[str, ...], what: str) -> str:
     return form
 
 
-class UcTripletLoss(nn.Module):
+class UcTripletLoss(LossTerm):
     """NAMA's uncertainty-aware triplet losses `uc-tri-n`, `uc-tri-hard`, `uc-pair-n` (Huang, He, Yang, Gao,
     Sang: "Norm-Aware Margin Assignment").
 
@@ -86,7 +88,7 @@ class UcTripletLoss(nn.Module):
     valid anchor it is m.
     """
 
-    needs_uc = True
+    inputs = ("feat", "uc")
     stat_names: tuple[str, ...] = ("avg_margin",)
 
     def __init__(self, scale: float = 32.0, margin: float = 0.2, form: str = "tri-n"):
@@ -94,7 +96,6 @@ class UcTripletLoss(nn.Module):
         self.scale = check_positive("uc triplet scale", scale)
         self.margin = check_positive("uc triplet margin", margin, allow_zero=True)
         self.form = _check_form(form, UC_TRIPLET_FORMS, "uc triplet")
-        self.stats: dict[str, torch.Tensor] = {}
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, margin={self.margin}, form={self.form!r}"
@@ -143,7 +144,7 @@ class UcTripletLoss(nn.Module):
         self.stats = {"avg_margin": margin[valid].mean()}
 
 
-class UcClsHead(nn.Module):
+class UcClsHead(LossTerm):
     """NAMA's uncertainty-aware classification loss `uc-cls` (Huang, He, Yang, Gao, Sang: "Norm-Aware Margin
     Assignment"), a cosine classifier with a per-sample margin 2 u_i.
 
@@ -173,7 +174,7 @@ class UcClsHead(nn.Module):
     The weights are initialised N(0, 0.01^2), as the project's other cosine heads.
     """
 
-    needs_uc = True
+    inputs = ("neck_feat", "uc")
     stat_names: tuple[str, ...] = ("avg_margin",)
 
     def __init__(
@@ -200,7 +201,6 @@ class UcClsHead(nn.Module):
         self.label_smoothing = smoothing
         self.weight = nn.Parameter(torch.empty(num_classes, feat_dim))
         nn.init.normal_(self.weight, std=0.01)
-        self.stats: dict[str, torch.Tensor] = {}
 
     def extra_repr(self) -> str:
         return (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from config.choices import NECKS, PRETRAIN_CHOICES, YES_NO
 from config.errors import ConfigError, check_choice
 from modeling.arch import Arch, parse_arch
 from modeling.backbones import build_backbone
@@ -12,9 +13,6 @@ from modeling.weights import (
     load_imagenet_backbone,
     load_model_checkpoint,
 )
-
-PRETRAIN_CHOICES = ("imagenet", "self", "none")
-NECKS = ("bnneck", "no")
 
 
 def build_uncertainty_head(cfg, arch: Arch):
@@ -37,8 +35,8 @@ def build_model(cfg, load_pretrained: bool = True) -> Embedder:
     check_choice("MODEL.NECK", cfg.MODEL.NECK, NECKS)
     check_choice("MODEL.PRETRAIN_CHOICE", cfg.MODEL.PRETRAIN_CHOICE, PRETRAIN_CHOICES)
     arch = parse_arch(cfg.MODEL.ARCH)
-    check_choice("MODEL.EMBEDDING_NORM", cfg.MODEL.EMBEDDING_NORM, ("yes", "no"))
-    check_choice("MODEL.BN_FREEZE", cfg.MODEL.BN_FREEZE, ("yes", "no"))
+    check_choice("MODEL.EMBEDDING_NORM", cfg.MODEL.EMBEDDING_NORM, YES_NO)
+    check_choice("MODEL.BN_FREEZE", cfg.MODEL.BN_FREEZE, YES_NO)
     if cfg.MODEL.EMBEDDING_DIM < 0:
         raise ConfigError(f"MODEL.EMBEDDING_DIM = {cfg.MODEL.EMBEDDING_DIM}; expected 0 (no embedding layer) or a size")
     model = Embedder(

@@ -92,6 +92,27 @@ class Embedder(nn.Module):
                 continue
             param.requires_grad_(not warm or id(param) in embedding)
 
+    def has_parameters_without_gradient(self, consumed: set[str] | frozenset[str]) -> bool:
+        """Whether some trainable parameter cannot get a gradient when only the outputs in `consumed` (e.g. a
+        criterion's `consumed_outputs()`; other keys are ignored) enter the loss (DistributedDataParallel's
+        find_unused_parameters).
+
+        Which modules each output depends on, per `forward`: 'feat' on the backbone, pooling, pre-BN and
+        embedding layer; 'neck_feat' on those and the BNNeck (with no neck it IS 'feat'); 'uc' on the head's
+        input ('feat', or 'neck_feat' on the classification path) and the head's parameters; 'uc_norm' on
+        the head's input only (the norm is read before any of the head's parameters). Parameters frozen now
+        (requires_grad False) do not count; the warm epochs' freezing is the caller's business.
+        """
+        feat = [m for m in (self.backbone, self.pool, self.pre_bn, self.embedding) if m is not None]
+        neck_feat = feat + ([self.neck] if self.neck is not None else [])
+        head_input = neck_feat if self.uc_input == "neck_feat" else feat
+        depends = {"feat": feat, "neck_feat": neck_feat}
+        if self.uc_head is not None:
+            depends["uc"] = [*head_input, self.uc_head]
+            depends["uc_norm"] = head_input
+        reached = {id(p) for key in consumed for module in depends.get(key, ()) for p in module.parameters()}
+        return any(p.requires_grad and id(p) not in reached for p in self.parameters())
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         feat = self.pool(self.backbone(images))
         if self.pre_bn is not None:

@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from config.choices import POOLINGS
 from config.errors import check_choice
-
-POOLINGS = ("avg", "max", "avg+max", "gem")
 
 
 class GeneralizedMeanPooling(nn.Module):

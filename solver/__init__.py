@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from solver.build import Solver, build_scheduler, build_solver
 from solver.lr_scheduler import WarmupMultiStepLR
-from solver.optimizer import build_optimizer, loss_parameter_role, parameter_groups
+from solver.optimizer import build_optimizer, parameter_groups
 
 __all__ = [
     "Solver",
@@ -12,6 +12,5 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "build_solver",
-    "loss_parameter_role",
     "parameter_groups",
 ]

@@ -1,22 +1,32 @@
 """The run's solver: the main optimizer and schedule plus the loss parameters that train on their own.
 
 - main: SOLVER.OPTIMIZER_NAME over the named groups of solver/optimizer.py, WarmupMultiStepLR by epoch.
-- margins (AMLoss, seed 004): AdamW(LOSS.AMLOSS.MARGIN_LR, weight decay MARGIN_WEIGHT_DECAY) with a StepLR of
-  MARGIN_DECAY_STEP epochs and MARGIN_DECAY_GAMMA, as the AMLoss code trains its margins.
-- centers (center loss, reid-strong-baseline): SGD(SOLVER.CENTER_LR), no schedule; before each step the
-  centers' gradient is divided by SOLVER.CENTER_LOSS_WEIGHT, so they move as if the loss were unweighted.
+- one optimizer per `criterion.own_optimizers()` entry, built from the term's description (layers/term.py):
+  AdamW or SGD with its lr and weight decay, an optional StepLR by epoch, and a factor applied to the
+  gradient before each step. Today: 'margins' (AMLoss, seed 004: AdamW(LOSS.AMLOSS.MARGIN_LR,
+  MARGIN_WEIGHT_DECAY), StepLR of MARGIN_DECAY_STEP epochs and MARGIN_DECAY_GAMMA) and 'centers' (center
+  loss, reid-strong-baseline: SGD(SOLVER.CENTER_LR), gradient divided by SOLVER.CENTER_LOSS_WEIGHT, so they
+  move as if the loss were unweighted).
 The Solver steps all of them through one GradScaler and is saved/restored as one object in checkpoints.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, StepLR
 
+from config.choices import LR_SCHEDULERS
 from config.errors import ConfigError, check_choice
 from solver.lr_scheduler import WarmupMultiStepLR
-from solver.optimizer import build_optimizer, loss_parameter_role
+from solver.optimizer import build_optimizer
+
+if TYPE_CHECKING:
+    from layers.composite import CompositeLoss
+    from layers.term import OwnOptimizerSpec
 
 
 class Solver:
@@ -40,13 +50,27 @@ class Solver:
     def main(self) -> torch.optim.Optimizer:
         return self.optimizers["main"]
 
-    def zero_grad(self) -> None:
-        for optimizer in self.optimizers.values():
+    def _selected(self, names: Iterable[str] | None) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers called `names` (all when None), in the solver's order; ValueError on an unknown name."""
+        if names is None:
+            return self.optimizers
+        names = [names] if isinstance(names, str) else list(names)
+        unknown = [n for n in names if n not in self.optimizers]
+        if unknown:
+            raise ValueError(
+                f"unknown optimizer(s) {', '.join(map(repr, unknown))}; this solver has {', '.join(self.optimizers)}"
+            )
+        return {n: o for n, o in self.optimizers.items() if n in names}
+
+    def zero_grad(self, names: Iterable[str] | None = None) -> None:
+        """Clear the gradients of every optimizer's parameters, or only of the optimizers called `names`."""
+        for optimizer in self._selected(names).values():
             optimizer.zero_grad(set_to_none=True)
 
-    def step(self, scaler: torch.amp.GradScaler) -> None:
-        """One step of every optimizer through `scaler` (the caller runs scaler.update() after)."""
-        for name, optimizer in self.optimizers.items():
+    def step(self, scaler: torch.amp.GradScaler, names: Iterable[str] | None = None) -> None:
+        """One step of every optimizer, or only of those called `names` (e.g. a method that updates one
+        optimizer alone), through `scaler` (the caller runs scaler.update() after)."""
+        for name, optimizer in self._selected(names).items():
             if not any(p.grad is not None for g in optimizer.param_groups for p in g["params"]):
                 continue  # nothing reached these parameters this step (GradScaler refuses such a step)
             factor = self.grad_factors.get(name, 1.0)
@@ -94,7 +118,7 @@ def build_scheduler(cfg, optimizer) -> LRScheduler:
     """The epoch-wise schedule of SOLVER.LR_SCHEDULER: 'warmup_multistep' (STEPS / GAMMA / WARMUP_*) or
     'step' (StepLR every LR_DECAY_STEP epochs by LR_DECAY_GAMMA)."""
     s = cfg.SOLVER
-    check_choice("SOLVER.LR_SCHEDULER", s.LR_SCHEDULER, ("warmup_multistep", "step"))
+    check_choice("SOLVER.LR_SCHEDULER", s.LR_SCHEDULER, LR_SCHEDULERS)
     if s.LR_SCHEDULER == "step":
         if s.LR_DECAY_STEP <= 0:
             raise ConfigError(f"SOLVER.LR_DECAY_STEP = {s.LR_DECAY_STEP}; expected a positive number of epochs")
@@ -102,34 +126,38 @@ def build_scheduler(cfg, optimizer) -> LRScheduler:
     return WarmupMultiStepLR(optimizer, s.STEPS, s.GAMMA, s.WARMUP_FACTOR, s.WARMUP_ITERS, s.WARMUP_METHOD)
 
 
-def _own_parameters(criterion: nn.Module, role: str) -> list[nn.Parameter]:
-    return [p for n, p in criterion.named_parameters() if p.requires_grad and loss_parameter_role(n) == role]
+def build_own_optimizer(name: str, spec: OwnOptimizerSpec) -> tuple[torch.optim.Optimizer, LRScheduler | None]:
+    """The optimizer (one group, called `name`) and optional StepLR a term describes for its `spec.params`."""
+    groups = [{"params": [p for p in spec.params if p.requires_grad], "name": name}]
+    if spec.kind == "AdamW":
+        optimizer = torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay)
+    elif spec.kind == "SGD":
+        optimizer = torch.optim.SGD(groups, lr=spec.lr, weight_decay=spec.weight_decay)
+    else:
+        raise ValueError(f"own optimizer {name!r}: unknown kind {spec.kind!r}; expected 'AdamW' or 'SGD'")
+    scheduler = None
+    if spec.schedule is not None:
+        scheduler = StepLR(optimizer, step_size=spec.schedule.step_size, gamma=spec.schedule.gamma)
+    return optimizer, scheduler
 
 
-def build_solver(cfg, model: nn.Module, criterion: nn.Module) -> Solver:
-    """The main optimizer + schedule, and the AMLoss-margin and center-loss optimizers when those exist."""
+def build_solver(cfg, model: nn.Module, criterion: CompositeLoss) -> Solver:
+    """The main optimizer + schedule, and the optimizers the loss terms train some parameters in
+    (`criterion.own_optimizers()`, in the criterion's term order), each with its schedule and gradient factor."""
     main = build_optimizer(cfg, model, criterion)
     optimizers = {"main": main}
     schedulers: dict[str, LRScheduler] = {"main": build_scheduler(cfg, main)}
     factors: dict[str, float] = {}
-    margins = _own_parameters(criterion, "margins")
-    if margins:
-        a = cfg.LOSS.AMLOSS
-        if a.MARGIN_DECAY_STEP <= 0:
-            raise ConfigError(
-                f"LOSS.AMLOSS.MARGIN_DECAY_STEP = {a.MARGIN_DECAY_STEP}; expected a positive number of epochs"
-            )
-        optimizers["margins"] = torch.optim.AdamW(
-            [{"params": margins, "name": "margins"}], lr=a.MARGIN_LR, weight_decay=a.MARGIN_WEIGHT_DECAY
-        )
-        schedulers["margins"] = StepLR(optimizers["margins"], step_size=a.MARGIN_DECAY_STEP, gamma=a.MARGIN_DECAY_GAMMA)
-    centers = _own_parameters(criterion, "centers")
-    if centers:
-        weight = cfg.SOLVER.CENTER_LOSS_WEIGHT
-        if weight <= 0:
-            raise ConfigError(f"SOLVER.CENTER_LOSS_WEIGHT = {weight}; expected a positive weight with the center loss")
-        optimizers["centers"] = torch.optim.SGD([{"params": centers, "name": "centers"}], lr=cfg.SOLVER.CENTER_LR)
-        factors["centers"] = 1.0 / weight
+    for name, spec in criterion.own_optimizers().items():
+        if name == "main":
+            raise ValueError("a loss term's own optimizer cannot be called 'main'")
+        if not any(p.requires_grad for p in spec.params):
+            continue  # nothing of it trains (frozen): no optimizer, as for an empty group of the main one
+        optimizers[name], scheduler = build_own_optimizer(name, spec)
+        if scheduler is not None:
+            schedulers[name] = scheduler
+        if spec.grad_factor != 1.0:
+            factors[name] = spec.grad_factor
     if cfg.SOLVER.GRAD_CLIP < 0:
         raise ConfigError(f"SOLVER.GRAD_CLIP = {cfg.SOLVER.GRAD_CLIP}; expected 0 (off) or a positive clipping value")
     return Solver(optimizers, schedulers, factors, grad_clip=cfg.SOLVER.GRAD_CLIP)

@@ -7,6 +7,7 @@ from bisect import bisect_right
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from config.choices import WARMUP_METHODS
 from config.errors import check_choice
 
 
@@ -27,7 +28,7 @@ class WarmupMultiStepLR(LRScheduler):
         warmup_method: str = "linear",
         last_epoch: int = -1,
     ):
-        check_choice("SOLVER.WARMUP_METHOD", warmup_method, ("linear", "constant"))
+        check_choice("SOLVER.WARMUP_METHOD", warmup_method, WARMUP_METHODS)
         self.steps = list(steps)
         self.gamma = gamma
         self.warmup_factor = warmup_factor

@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
+from config.choices import OPTIMIZERS
 from config.errors import check_choice
 
-OPTIMIZERS = ("Adam", "AdamW", "SGD")
-
-# Loss parameters that train in their own optimizer (solver/build.py), by attribute name
-OWN_OPTIMIZER_PARAMETERS = ("margins", "centers")
+if TYPE_CHECKING:
+    from layers.composite import CompositeLoss
 
 
-def loss_parameter_role(name: str) -> str:
-    """The group of a loss parameter, from its attribute name (the convention of layers/):
-    'proxies' -> proxy, 'beta' -> beta, 'margins'/'centers' -> their own optimizers, biases -> bias,
-    anything else (classifier weights, PML parameters) -> loss."""
-    leaf = name.rsplit(".", 1)[-1]
-    if leaf in OWN_OPTIMIZER_PARAMETERS:
-        return leaf
-    if leaf == "proxies":
-        return "proxy"
-    if leaf == "beta":
-        return "beta"
-    return "bias" if leaf == "bias" else "loss"
+def _criterion_groups(criterion: CompositeLoss) -> dict[str, list[nn.Parameter]]:
+    """The criterion's declared groups, checked: every trainable parameter of the criterion is in exactly one
+    group or own optimizer (a term that forgot one would otherwise leave it silently untrained)."""
+    groups = criterion.parameter_groups()
+    placed = [p for params in groups.values() for p in params]
+    placed += [p for spec in criterion.own_optimizers().values() for p in spec.params]
+    ids = {id(p) for p in placed}
+    if len(ids) != len(placed):
+        raise ValueError("a loss parameter is declared in two optimizer groups (layers/term.py)")
+    missing = [n for n, p in criterion.named_parameters() if p.requires_grad and id(p) not in ids]
+    if missing:
+        raise ValueError(f"loss parameters in no optimizer group (layers/term.py): {', '.join(missing)}")
+    return groups
 
 
-def parameter_groups(cfg, model: nn.Module, criterion: nn.Module) -> list[dict]:
+def parameter_groups(cfg, model: nn.Module, criterion: CompositeLoss) -> list[dict]:
     """Trainable parameters split into named groups with their own lr and weight decay.
 
     - backbone: weights of the backbone (and anything else in the model that is not a bias or the neck);
@@ -38,7 +40,8 @@ def parameter_groups(cfg, model: nn.Module, criterion: nn.Module) -> list[dict]:
     - proxy: proxies of proxy-based losses; BASE_LR * PROXY_LR_FACTOR, WEIGHT_DECAY (Proxy Anchor's recipe)
     - beta: the margin loss's learnable betas; LOSS.MARGIN_LOSS.BETA_LR, no weight decay (Wu et al.)
     - poly: the uncertainty head's coefficients (NAMA's MAM); BASE_LR, WEIGHT_DECAY_POLY
-    AMLoss margins and center-loss centers are not here: they have their own optimizers (solver/build.py).
+    The loss parameters' groups are those the terms declare (`criterion.parameter_groups()`); parameters of
+    the terms' own optimizers (AMLoss margins, center-loss centers) are not here (solver/build.py).
     Frozen parameters (the BNNeck bias) are left out. Empty groups are dropped.
     """
     s = cfg.SOLVER
@@ -62,14 +65,14 @@ def parameter_groups(cfg, model: nn.Module, criterion: nn.Module) -> list[dict]:
             groups["neck"]["params"].append(param)
         else:
             groups["backbone"]["params"].append(param)
-    for name, param in criterion.named_parameters():
-        role = loss_parameter_role(name)
-        if param.requires_grad and role not in OWN_OPTIMIZER_PARAMETERS:
-            groups[role]["params"].append(param)
+    for group, params in _criterion_groups(criterion).items():
+        if group not in groups:
+            raise ValueError(f"a loss term declares the optimizer group {group!r}; known: {', '.join(groups)}")
+        groups[group]["params"].extend(params)
     return [dict(group, name=name) for name, group in groups.items() if group["params"]]
 
 
-def build_optimizer(cfg, model: nn.Module, criterion: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg, model: nn.Module, criterion: CompositeLoss) -> torch.optim.Optimizer:
     """SOLVER.OPTIMIZER_NAME over the named groups of `parameter_groups` (the run's main optimizer)."""
     check_choice("SOLVER.OPTIMIZER_NAME", cfg.SOLVER.OPTIMIZER_NAME, OPTIMIZERS)
     groups = parameter_groups(cfg, model, criterion)

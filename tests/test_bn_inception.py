@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 import torchvision
 import torchvision.transforms as T
-from market_tree import make_market_tree
 from PIL import Image
 
 from config.errors import UserError
@@ -275,7 +274,7 @@ def test_resnet_file_in_torchvision_format(tmp_path):
     assert "wrong shape: layer1.0.conv1.weight (64, 64, 1, 1) vs (64, 64, 3, 3) expected" in message
 
 
-def test_cli_exits_2_with_one_line_for_a_mismatching_file(synthetic_file, tmp_path):
+def test_cli_exits_2_with_one_line_for_a_mismatching_file(synthetic_file, tmp_path, make_market_tree):
     make_market_tree(tmp_path / "data", train_ids=4, test_ids=3, images_per_id=2, cameras=2, size=(32, 16))
     bn_file = _broken_file(synthetic_file[1], tmp_path / "broken.pth")
     resnet_state = torchvision.models.resnet18(weights=None).state_dict()

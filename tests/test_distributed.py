@@ -6,12 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from market_tree import make_market_tree
+import pytest
+
+# both train end to end in processes started by torchrun
+pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_torchrun_two_processes_train_and_evaluate_like_one(tmp_path):
+def test_torchrun_two_processes_train_and_evaluate_like_one(tmp_path, make_market_tree, free_port):
     make_market_tree(tmp_path / "data", train_ids=8, test_ids=5, images_per_id=4, cameras=3, size=(32, 16))
     out = tmp_path / "dist"
     opts = [
@@ -44,7 +47,7 @@ def test_torchrun_two_processes_train_and_evaluate_like_one(tmp_path):
             "-m",
             "torch.distributed.run",
             "--nproc_per_node=2",
-            "--master_port=29517",
+            f"--master_port={free_port}",
             "train.py",
             *opts,
             "OUTPUT_DIR",
@@ -73,7 +76,7 @@ def test_torchrun_two_processes_train_and_evaluate_like_one(tmp_path):
         assert abs(single[key] - records[0][key]) < 1e-6, key
 
 
-def test_torchrun_with_parameters_that_get_no_gradient(tmp_path):
+def test_torchrun_with_parameters_that_get_no_gradient(tmp_path, make_market_tree, free_port):
     """No classification loss (the BNNeck gets no gradient) and NAMA's head with a uc loss + center loss with
     its own optimizer: DDP is told about unused parameters, every optimizer steps on both ranks."""
     make_market_tree(tmp_path / "data", train_ids=8, test_ids=5, images_per_id=4, cameras=3, size=(32, 16))
@@ -114,7 +117,7 @@ def test_torchrun_with_parameters_that_get_no_gradient(tmp_path):
             "-m",
             "torch.distributed.run",
             "--nproc_per_node=2",
-            "--master_port=29518",
+            f"--master_port={free_port}",
             "train.py",
             *opts,
             "OUTPUT_DIR",

@@ -2,39 +2,17 @@
 trees in the official layouts (the loader tests' trees, with real pixels written into every image file)."""
 
 import json
-import zlib
 from pathlib import Path
 
 import pytest
-from market_tree import make_market_tree
-from PIL import Image
-from test_reid_datasets import (
-    make_duke,
-    make_msmt17,
-    make_split_folders,
-    make_vehicleid,
-)
-from test_retrieval_datasets import (
-    make_cars_tree,
-    make_cub_tree,
-    make_inshop_tree,
-    make_sop_tree,
-)
 
 from config import load_config
 from engine.training import train
 
+# every test trains and evaluates end to end
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[1]
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-
-
-def fill_images(root: Path) -> None:
-    """Give every image file of the tree real pixels (a colour from its folder, so classes differ)."""
-    for path in root.rglob("*"):
-        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("._"):
-            seed = zlib.crc32(str(path.parent).encode())
-            colour = (seed % 256, (seed >> 8) % 256, (seed >> 16) % 256)
-            Image.new("RGB", (16, 32), colour).save(path, format="JPEG")
 
 
 def make_csv(root: Path) -> Path:
@@ -49,23 +27,24 @@ def make_csv(root: Path) -> Path:
     return root / "data.csv"
 
 
+# case -> (the tree fixture of tests/conftest.py that builds it, extra config keys)
 BUILDERS = {
-    "market1501": (lambda root: make_market_tree(root), {}),
-    "dukemtmc": (make_duke, {}),
-    "msmt17": (make_msmt17, {}),
-    "vehicleid": (make_vehicleid, {}),
-    "vehicleid_reid": (make_vehicleid, {"TEST.VEHICLEID_PROTOCOL": "reid", "TEST.VEHICLEID_TRIALS": "3"}),
-    "cub": (make_cub_tree, {}),
-    "cub_nmi": (make_cub_tree, {"TEST.NMI_RUNS": "2"}),
-    "cars": (make_cars_tree, {}),
-    "sop": (make_sop_tree, {}),
-    "inshop": (make_inshop_tree, {}),
-    "folder": (make_split_folders, {}),
+    "market1501": ("make_market_tree", {}),
+    "dukemtmc": ("make_duke", {}),
+    "msmt17": ("make_msmt17", {}),
+    "vehicleid": ("make_vehicleid", {}),
+    "vehicleid_reid": ("make_vehicleid", {"TEST.VEHICLEID_PROTOCOL": "reid", "TEST.VEHICLEID_TRIALS": "3"}),
+    "cub": ("make_cub_tree", {}),
+    "cub_nmi": ("make_cub_tree", {"TEST.NMI_RUNS": "2"}),
+    "cars": ("make_cars_tree", {}),
+    "sop": ("make_sop_tree", {}),
+    "inshop": ("make_inshop_tree", {}),
+    "folder": ("make_split_folders", {}),
 }
 
 
 @pytest.mark.parametrize("case", [*BUILDERS, "csv"])
-def test_dataset_trains_and_evaluates_with_the_bot_recipe(case, tmp_path):
+def test_dataset_trains_and_evaluates_with_the_bot_recipe(case, tmp_path, request, fill_images):
     data_root = tmp_path / "data"
     data_root.mkdir()
     name = case.split("_")[0]
@@ -74,7 +53,7 @@ def test_dataset_trains_and_evaluates_with_the_bot_recipe(case, tmp_path):
         extra["DATASETS.CSV_FILE"] = str(make_csv(data_root))
     else:
         builder, extra = BUILDERS[case]
-        builder(data_root)
+        request.getfixturevalue(builder)(data_root)
     fill_images(data_root)
     out = tmp_path / "out"
     opts = {
@@ -106,7 +85,7 @@ def test_dataset_trains_and_evaluates_with_the_bot_recipe(case, tmp_path):
     assert (out / "best.pt").is_file() and (out / "checkpoints/checkpoint_1.pt").is_file()
 
 
-def test_several_datasets_train_together_and_are_evaluated_each(tmp_path):
+def test_several_datasets_train_together_and_are_evaluated_each(tmp_path, make_market_tree, make_duke, fill_images):
     data_root = tmp_path / "data"
     make_market_tree(data_root)
     make_duke(data_root)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from market_tree import make_market_tree
 from pytorch_metric_learning import distances as pml_distances
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
@@ -88,7 +87,7 @@ def test_every_loss_is_finite_with_its_parts(kind, name):
     outputs, labels = _batch()
     feats = outputs["feat"].requires_grad_(True)
     torch.manual_seed(1)
-    total, parts = criterion({**outputs, "feat": feats, "neck_feat": feats}, labels)
+    total, parts = criterion({**outputs, "feat": feats, "neck_feat": feats}, {"label": labels})
     assert total.dim() == 0 and torch.isfinite(total)
     assert set(parts) | {"loss"} == set(criterion.part_names)
     assert all(torch.isfinite(v) and v.dim() == 0 for v in parts.values())
@@ -105,11 +104,11 @@ def test_every_loss_under_bf16_autocast_computes_in_fp32(kind, name):
     outputs, labels = _batch(dtype=torch.bfloat16)
     torch.manual_seed(1)  # the margin loss samples: same draws in both calls
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        total, parts = criterion(outputs, labels)
+        total, parts = criterion(outputs, {"label": labels})
     assert total.dtype == torch.float32 and torch.isfinite(total)
     assert all(v.dtype == torch.float32 for v in parts.values())
     torch.manual_seed(1)
-    reference, _ = criterion({k: v.float() for k, v in outputs.items()}, labels)
+    reference, _ = criterion({k: v.float() for k, v in outputs.items()}, {"label": labels})
     torch.testing.assert_close(total, reference, rtol=1e-5, atol=1e-5)
 
 
@@ -123,7 +122,7 @@ def test_every_loss_decreases_on_a_toy_problem(kind, name):
     torch.manual_seed(2)
     for _ in range(40):
         optimizer.zero_grad()
-        loss, _ = criterion({**outputs, "feat": feats, "neck_feat": feats}, labels)
+        loss, _ = criterion({**outputs, "feat": feats, "neck_feat": feats}, {"label": labels})
         values.append(loss.item())
         loss.backward()
         optimizer.step()
@@ -153,7 +152,7 @@ def test_center_term_has_its_own_weight():
         FEAT_DIM,
     )
     outputs, labels = _batch()
-    total, parts = criterion(outputs, labels)
+    total, parts = criterion(outputs, {"label": labels})
     expected = 2.0 * parts["triplet_loss"] + 0.25 * parts["center_loss"]
     torch.testing.assert_close(total.detach(), expected)
 
@@ -180,7 +179,7 @@ def test_pml_loss_with_kwargs_and_miner_equals_pml():
     )
     criterion = build_loss(cfg, NUM_CLASSES, FEAT_DIM)
     outputs, labels = _batch()
-    total, parts = criterion(outputs, labels)
+    total, parts = criterion(outputs, {"label": labels})
     loss = pml_losses.TripletMarginLoss(margin=0.15, distance=pml_distances.CosineSimilarity())
     miner = pml_miners.MultiSimilarityMiner(epsilon=0.2)
     expected = loss(outputs["feat"], labels, miner(outputs["feat"], labels))
@@ -313,7 +312,7 @@ def test_center_update_ignores_the_loss_weight():
     solver = build_solver(cfg, torch.nn.Linear(2, 2), criterion)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     solver.zero_grad()
-    total, _ = criterion(outputs, labels)
+    total, _ = criterion(outputs, {"label": labels})
     total.backward()
     unweighted = torch.autograd.grad(criterion.metric_terms["center"](outputs["feat"], labels), centers)[0]
     solver.step(scaler)
@@ -341,7 +340,7 @@ def test_solver_state_round_trip_and_mismatch():
 # One tiny epoch through train.py's path (command line + configs/softmax_triplet.yml) with every name
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def market_root(tmp_path_factory):
+def market_root(tmp_path_factory, make_market_tree):
     root = tmp_path_factory.mktemp("datasets")
     make_market_tree(root, train_ids=6, test_ids=4, images_per_id=4, cameras=2, size=(32, 16), seed=1)
     return root
@@ -391,6 +390,7 @@ SMOKE_CASES = (
 )
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("opts", SMOKE_CASES, ids=lambda o: "+".join(o[1::2]))
 def test_one_tiny_epoch_with_every_loss(opts, market_root, tmp_path):
     args = parse_command_line("test", with_resume=True, argv=_tiny_argv(market_root, tmp_path / "out", *opts))
@@ -400,6 +400,7 @@ def test_one_tiny_epoch_with_every_loss(opts, market_root, tmp_path):
     assert set(checkpoint["solver"]["optimizers"]) >= {"main"}
 
 
+@pytest.mark.e2e
 def test_resume_restores_margins_and_centers(market_root, tmp_path):
     """AMLoss margins (own AdamW + StepLR) and centers (own SGD) continue exactly after --resume."""
     opts = [

@@ -217,7 +217,7 @@ def test_composite_weights_and_parts():
     with torch.no_grad():
         criterion.cls_term.classifier.weight.normal_(std=0.3)
     outputs, labels = _outputs(), _pk_labels(4, 4)
-    total, parts = criterion(outputs, labels)
+    total, parts = criterion(outputs, {"label": labels})
     cls, logits = criterion.cls_term(outputs["neck_feat"], labels)
     metric = BatchHardTripletLoss(margin=0.7)(outputs["feat"], labels)
     assert total.item() == pytest.approx(0.5 * cls.item() + 2.0 * metric.item(), abs=1e-5)
@@ -235,14 +235,14 @@ def test_composite_single_terms():
     assert only_metric.cls_term is None
     assert only_metric.part_names == ("loss", "triplet_loss")
     outputs, labels = _outputs(), _pk_labels(4, 4)
-    total, parts = only_metric(outputs, labels)
+    total, parts = only_metric(outputs, {"label": labels})
     assert set(parts) | {"loss"} == set(only_metric.part_names)
     assert total.item() == pytest.approx(BatchHardTripletLoss(0.3)(outputs["feat"], labels).item(), abs=1e-6)
 
     only_cls = build_loss(load_config(None, ["MODEL.METRIC_LOSS_TYPE", "none"]), 4, 12)
     assert len(only_cls.metric_terms) == 0
     assert only_cls.part_names == ("loss", "cls_loss", "acc")
-    total, parts = only_cls(outputs, labels)
+    total, parts = only_cls(outputs, {"label": labels})
     assert set(parts) | {"loss"} == set(only_cls.part_names)
     assert total.item() == pytest.approx(only_cls.cls_term(outputs["neck_feat"], labels)[0].item(), abs=1e-6)
 
@@ -253,12 +253,12 @@ def test_composite_under_bf16_autocast_is_float32():
     outputs = _outputs(dtype=torch.bfloat16)
     labels = _pk_labels(4, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        total, parts = criterion(outputs, labels)
+        total, parts = criterion(outputs, {"label": labels})
     assert total.dtype == torch.float32
     assert torch.isfinite(total)
     assert all(v.dtype == torch.float32 for v in parts.values())
     # identical to the fp32 computation on the same (upcast) values
-    ref, _ = criterion({k: v.float() for k, v in outputs.items()}, labels)
+    ref, _ = criterion({k: v.float() for k, v in outputs.items()}, {"label": labels})
     assert total.item() == pytest.approx(ref.item(), abs=1e-6)
 
 
@@ -300,7 +300,7 @@ def test_composite_decreases_under_sgd():
     neck = torch.nn.Parameter(_features(16, 8, 6))
     criterion = build_loss(load_config(None, []), 4, 8)
     values = _train(
-        lambda: criterion({"feat": feat, "neck_feat": neck}, labels)[0],
+        lambda: criterion({"feat": feat, "neck_feat": neck}, {"label": labels})[0],
         [feat, neck, *criterion.parameters()],
         lr=0.5,
         steps=30,

@@ -8,12 +8,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from market_tree import make_market_tree
 
 from config.errors import UserError
 from config.loading import load_config
 from data.datasets import load_dataset
-from data.datasets.market1501 import DatasetLayoutError, load_market1501
+from data.datasets.common import DatasetLayoutError
+from data.datasets.market1501 import load_market1501
 from data.image_dataset import ImageDataset, UnreadableImageError, read_image
 from data.records import Record
 
@@ -26,7 +26,7 @@ def _parse(path: str) -> tuple[int, int]:
 
 
 @pytest.fixture()
-def tree(tmp_path):
+def tree(tmp_path, make_market_tree):
     return make_market_tree(tmp_path)
 
 
@@ -90,7 +90,7 @@ def test_every_query_has_cross_camera_gallery_match(tmp_path, tree):
         assert any(g.label == q.label and g.camid != q.camid for g in splits.gallery)
 
 
-def test_alternative_folder_name(tmp_path):
+def test_alternative_folder_name(tmp_path, make_market_tree):
     info = make_market_tree(tmp_path, folder_name="Market-1501-v15.09.15")
     assert not (tmp_path / "market1501").exists()
     splits = load_market1501(tmp_path)

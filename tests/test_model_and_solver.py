@@ -19,6 +19,20 @@ def _cfg(*opts):
     return load_config(None, ["MODEL.PRETRAIN_CHOICE", "none", *opts])
 
 
+def _cfg_past_load_checks(key: str, value):
+    """A loaded config whose `key` is then set to `value` directly, as a direct API caller may: load_config's
+    choice check is bypassed, so the build-time check is what must refuse it."""
+    cfg = _cfg()
+    cfg.defrost()
+    *groups, leaf = key.split(".")
+    node = cfg
+    for group in groups:
+        node = node[group]
+    node[leaf] = value
+    cfg.freeze()
+    return cfg
+
+
 @pytest.fixture(scope="module")
 def resnet18_model():
     torch.manual_seed(0)
@@ -95,7 +109,7 @@ def test_bnneck_bias_frozen_and_stays_zero():
     for _ in range(2):
         optimizer.zero_grad()
         out = model(torch.randn(4, 3, 32, 16))
-        loss, _ = criterion(out, torch.tensor([0, 0, 1, 1]))
+        loss, _ = criterion(out, {"label": torch.tensor([0, 0, 1, 1])})
         loss.backward()
         optimizer.step()
     assert bias.grad is None
@@ -354,7 +368,7 @@ def test_build_optimizer_types(resnet18_model, name, cls):
 
 
 def test_build_optimizer_bad_name(resnet18_model):
-    cfg = _cfg("SOLVER.OPTIMIZER_NAME", "RMSprop")
+    cfg = _cfg_past_load_checks("SOLVER.OPTIMIZER_NAME", "RMSprop")
     with pytest.raises(ConfigError) as excinfo:
         build_optimizer(cfg, resnet18_model, build_loss(cfg, 10, 512))
     message = str(excinfo.value)
@@ -440,7 +454,7 @@ def test_warmup_disabled_and_bad_method():
     optimizer = _toy_optimizer(0.3)
     scheduler = WarmupMultiStepLR(optimizer, steps=[2], gamma=0.1, warmup_factor=0.01, warmup_epochs=0)
     assert _lrs(optimizer, scheduler, 4) == pytest.approx([0.3, 0.3, 0.03, 0.03])
-    cfg = _cfg("SOLVER.WARMUP_METHOD", "cosine")
+    cfg = _cfg_past_load_checks("SOLVER.WARMUP_METHOD", "cosine")
     with pytest.raises(ConfigError, match="SOLVER.WARMUP_METHOD"):
         build_scheduler(cfg, _toy_optimizer())
 

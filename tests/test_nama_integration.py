@@ -101,7 +101,7 @@ def test_composite_passes_uc_and_adds_the_regulariser_as_gradient_only():
     uc = (0.05 * torch.randn(12)).requires_grad_(True)
     norms = (feat.norm(dim=1) * 10).detach().requires_grad_(True)
     labels = torch.arange(4).repeat_interleave(3)
-    total, parts = criterion({"feat": feat, "neck_feat": feat, "uc": uc, "uc_norm": norms}, labels)
+    total, parts = criterion({"feat": feat, "neck_feat": feat, "uc": uc, "uc_norm": norms}, {"label": labels})
     term = criterion.metric_terms["uc_tri_n"]
     expected = term(feat, labels, uc)
     torch.testing.assert_close(total, expected)  # the regulariser adds no value ...

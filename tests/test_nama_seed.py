@@ -17,8 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from market_tree import make_market_tree
 from PIL import Image
+
+# every test runs the NAMA command blocks (train.py, test.py) end to end
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,7 +105,7 @@ done
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(tmp_path_factory, make_market_tree):
     """A copy of the command's working directory: configs/ and the entry points, plus a Market tree."""
     work = tmp_path_factory.mktemp("nama")
     (work / "configs").mkdir()
@@ -141,10 +143,16 @@ def test_uc_tri_n_block_trains(workdir):
     assert [r["epoch"] for r in records] == [3, 6, 9]
 
 
-def test_uc_cls_block_trains_and_test_block_draws_rank_pictures(workdir):
+@pytest.fixture(scope="module")
+def uc_cls_run(workdir) -> Path:
+    """The output folder of the uc-cls training block, run once for the tests that use it."""
     proc = _run_block(TRAIN_UC_CLS, workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = workdir / "logs/cls+/market1501/Exp-log-nn_128-d-bnneck-uc-cls-10*12-s16-m0.0-g"
+    return workdir / "logs/cls+/market1501/Exp-log-nn_128-d-bnneck-uc-cls-10*12-s16-m0.0-g"
+
+
+def test_uc_cls_block_trains_and_test_block_draws_rank_pictures(workdir, uc_cls_run):
+    out = uc_cls_run
     checkpoint = out / "checkpoints" / "checkpoint_9.pt"
     assert checkpoint.is_file() and (out / "best.pt").is_file()
     assert "cls_avg_margin" in (out / "log.txt").read_text()
@@ -161,10 +169,8 @@ def test_uc_cls_block_trains_and_test_block_draws_rank_pictures(workdir):
     assert (test_dir / "visrank" / "market1501" / "index.csv").is_file()
 
 
-def test_test_block_with_another_f_base_names_both(workdir):
-    out = workdir / "logs/cls+/market1501/Exp-log-nn_128-d-bnneck-uc-cls-10*12-s16-m0.0-g"
-    if not (out / "best.pt").is_file():
-        pytest.skip("needs the uc-cls run of the previous test")
+def test_test_block_with_another_f_base_names_both(workdir, uc_cls_run):
+    out = uc_cls_run
     proc = _run_block(
         TEST_VISRANK.replace("TEST.VISRANK 10", "TEST.VISRANK 0 MODEL.F_BASE nn_64"),
         workdir,

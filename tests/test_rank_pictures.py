@@ -134,7 +134,7 @@ def test_reid_matches_bruteforce(top_k, dtype, key_sort):
     dist, qlab, qcam, glab, gcam = _reid_problem()
     if dtype == torch.float32:
         dist = dist.astype(np.float32)  # the reference then sees exactly the fp32 values
-    records = ranked_lists(_fn(dist, dtype=dtype), len(qlab), qlab, qcam, glab, gcam, top_k=top_k, chunk=5)
+    records = ranked_lists(_fn(dist, dtype=dtype), len(qlab), qlab, qcam, glab, gcam, top_k=top_k, chunk=5, **key_sort)
     _check(records, _reference(dist, qlab, qcam, glab, gcam, top_k), top_k)
     assert records[0].ap == 0.0 and not records[0].has_match
     assert records[2].num_matches == 0 and records[2].num_valid == len(glab) - 2
@@ -168,10 +168,28 @@ def test_chunking_gives_identical_results():
 
 
 @pytest.fixture(params=["numpy", "torch"])
-def key_sort(request, monkeypatch):
-    """Run a test through both fp32 key sorts (numpy on CPU; torch, as for CUDA tensors)."""
-    monkeypatch.setattr(rank_pictures, "_NUMPY_SORT_ON_CPU", request.param == "numpy")
-    return request.param
+def key_sort(request):
+    """Run a test through both fp32 key sorts (numpy on CPU; torch, as for CUDA tensors): keyword arguments
+    for the test's ranked_lists calls."""
+    return {"numpy_sort_on_cpu": request.param == "numpy"}
+
+
+def test_numpy_and_torch_key_sorts_agree():
+    """numpy_sort_on_cpu changes the speed only: both sorts give the same records, ties and NaNs included."""
+    dist, qlab, qcam, glab, gcam = _reid_problem(seed=8, q=11, g=300)
+    dist = np.round(dist * 20).astype(np.float32)  # many exact ties
+    dist[:, ::13] = np.nan
+    dist[:, 5::17] = -np.nan
+    fast, plain = (
+        rank_pictures.ranked_lists(
+            _fn(dist, dtype=torch.float32), 11, qlab, qcam, glab, gcam, top_k=40, chunk=4, numpy_sort_on_cpu=flag
+        )
+        for flag in (True, False)
+    )
+    for a, b in zip(fast, plain):
+        assert a.gallery_indices.tolist() == b.gallery_indices.tolist()
+        assert (a.ap, a.last_match_rank, a.last_match_index) == (b.ap, b.last_match_rank, b.last_match_index)
+    _check(fast, _reference(dist, qlab, qcam, glab, gcam, 40), 40)
 
 
 def test_ties_are_broken_by_gallery_index_fp32(key_sort):
@@ -179,7 +197,7 @@ def test_ties_are_broken_by_gallery_index_fp32(key_sort):
     dist = rng.integers(0, 3, (9, 30)).astype(np.float32)  # many exact ties
     qlab, glab = rng.integers(0, 3, 9), rng.integers(0, 3, 30)
     qcam, gcam = rng.integers(0, 2, 9), rng.integers(0, 2, 30)
-    records = ranked_lists(_fn(dist, dtype=torch.float32), 9, qlab, qcam, glab, gcam, top_k=12, chunk=4)
+    records = ranked_lists(_fn(dist, dtype=torch.float32), 9, qlab, qcam, glab, gcam, top_k=12, chunk=4, **key_sort)
     _check(records, _reference(dist, qlab, qcam, glab, gcam, 12), 12)
 
 
@@ -190,11 +208,12 @@ def test_nan_inf_negative_distances(dtype, key_sort):
     dist = dist - 0.5
     dist[:, ::3] = np.nan
     dist[1, 1] = -np.nan
+    dist[4, 2] = (torch.tensor(float("inf")) - torch.tensor(float("inf"))).item()  # sign bit set on x86
     dist[:, 4] = np.inf
     dist[2, 5] = -np.inf
     dist[:, 7], dist[:, 8] = 0.0, -0.0  # a tie, broken by index
     dist = dist.astype(np.float32 if dtype == torch.float32 else np.float64)
-    records = ranked_lists(_fn(dist, dtype=dtype), 6, qlab, qcam, glab, gcam, top_k=25, chunk=4)
+    records = ranked_lists(_fn(dist, dtype=dtype), 6, qlab, qcam, glab, gcam, top_k=25, chunk=4, **key_sort)
     _check(records, _reference(dist, qlab, qcam, glab, gcam, 25), 25)
     assert records[2].gallery_indices[0] == 5
 

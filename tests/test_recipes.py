@@ -9,20 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_every_dataset_e2e import fill_images
-from test_retrieval_datasets import (
-    make_cars_tree,
-    make_cub_tree,
-    make_inshop_tree,
-    make_sop_tree,
-)
 
 from config import load_config
 from engine.training import train
 from modeling import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-TREES = {"cub": make_cub_tree, "cars": make_cars_tree, "sop": make_sop_tree, "inshop": make_inshop_tree}
+# dataset -> the tree fixture of tests/conftest.py that builds it
+TREES = {"cub": "make_cub_tree", "cars": "make_cars_tree", "sop": "make_sop_tree", "inshop": "make_inshop_tree"}
 RECIPES = sorted(p.name for p in (ROOT / "configs").glob("*.yml") if p.name.startswith(("proxy_anchor_", "amloss_")))
 
 
@@ -55,11 +49,12 @@ def test_recipe_keys_follow_the_seed_flags(name):
         assert cfg.SOLVER.BASE_LR == pytest.approx(6e-4) and cfg.SOLVER.IMS_PER_BATCH == 180
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", RECIPES)
-def test_recipe_trains_one_tiny_epoch(name, tmp_path):
+def test_recipe_trains_one_tiny_epoch(name, tmp_path, request, fill_images):
     dataset = name.split("_")[-2]
     data_root = tmp_path / "data"
-    TREES[dataset](data_root)
+    request.getfixturevalue(TREES[dataset])(data_root)
     fill_images(data_root)
     out = tmp_path / "out"
     opts = {
@@ -83,7 +78,8 @@ def test_recipe_trains_one_tiny_epoch(name, tmp_path):
     assert (out / "checkpoints" / "checkpoint_1.pt").is_file()
 
 
-def test_warm_epochs_train_only_the_embedding_and_loss_then_everything(tmp_path):
+@pytest.mark.e2e
+def test_warm_epochs_train_only_the_embedding_and_loss_then_everything(tmp_path, make_cub_tree, fill_images):
     """--warm 1 with --bn-freeze 1: epoch 1 moves the embedding layer and the proxies only; epoch 2 moves the
     backbone too, except its frozen BatchNorm affines; BatchNorm running statistics never move."""
     data_root = tmp_path / "data"

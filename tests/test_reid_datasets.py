@@ -8,12 +8,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from config.errors import ConfigError, UserError
+from data.datasets.common import DatasetLayoutError
 from data.datasets.custom import load_csv, load_folder
 from data.datasets.dukemtmc import load_dukemtmc
-from data.datasets.market1501 import DatasetLayoutError
 from data.datasets.msmt17 import load_msmt17
 from data.datasets.vehicleid import load_vehicleid
 from data.records import Record
@@ -39,28 +38,9 @@ def _layout_error(excinfo) -> str:
 # DukeMTMC-reID
 # ---------------------------------------------------------------------------------------------------------
 
-DUKE_TRAIN_PIDS = (5, 7, 12)  # 4 images each, cameras 1..4
-DUKE_TEST_PIDS = (1, 2)  # query: 1 image each (camera 1 / 2); gallery: 3 each + 2 gallery-only ids
-
-
-def make_duke(root: Path, folder: str = "dukemtmc-reid/DukeMTMC-reID") -> Path:
-    base = root / folder
-    frame = iter(range(40_000, 10**6))
-    for pid in DUKE_TRAIN_PIDS:
-        for k in range(4):
-            _touch(base / "bounding_box_train" / f"{pid:04d}_c{k + 1}_f{next(frame):07d}.jpg")
-    for i, pid in enumerate(DUKE_TEST_PIDS):
-        _touch(base / "query" / f"{pid:04d}_c{i + 1}_f{next(frame):07d}.jpg")
-        for k in range(3):
-            _touch(base / "bounding_box_test" / f"{pid:04d}_c{(i + k + 1) % 8 + 1}_f{next(frame):07d}.jpg")
-    for pid in (4000, 4001):  # gallery-only identities (Duke's "distractor" ids have ordinary pids)
-        _touch(base / "bounding_box_test" / f"{pid:04d}_c8_f{next(frame):07d}.jpg")
-    (base / "bounding_box_train" / "Thumbs.db").write_bytes(b"x")
-    return base
-
 
 @pytest.mark.parametrize("folder", ["dukemtmc-reid/DukeMTMC-reID", "DukeMTMC-reID"])
-def test_duke_counts_pids_camids(tmp_path, folder):
+def test_duke_counts_pids_camids(tmp_path, folder, make_duke):
     base = make_duke(tmp_path, folder)
     splits = load_dukemtmc(tmp_path)
     assert splits.name == "dukemtmc" and splits.protocol == "reid" and not splits.query_is_gallery
@@ -74,11 +54,12 @@ def test_duke_counts_pids_camids(tmp_path, folder):
         assert r.path.startswith(str(base))
         assert r.camid == int(os.path.basename(r.path).split("_")[1][1:]) - 1
     # relabel in increasing raw-pid order
+    raw_pids = sorted({int(os.path.basename(r.path)[:4]) for r in splits.train})
     for r in splits.train:
-        assert r.label == DUKE_TRAIN_PIDS.index(int(os.path.basename(r.path)[:4]))
+        assert r.label == raw_pids.index(int(os.path.basename(r.path)[:4]))
 
 
-def test_duke_combine_all(tmp_path):
+def test_duke_combine_all(tmp_path, make_duke):
     make_duke(tmp_path)
     splits = load_dukemtmc(tmp_path, combine_all=True)
     assert len(splits.train) == 12 + 2 + 8
@@ -95,7 +76,7 @@ def test_duke_missing_folder(tmp_path):
     assert "bounding_box_train" in message and "0005_c2_f0046985.jpg" in message
 
 
-def test_duke_missing_split_shows_duke_tree(tmp_path):
+def test_duke_missing_split_shows_duke_tree(tmp_path, make_duke):
     base = make_duke(tmp_path)
     for f in (base / "query").iterdir():
         f.unlink()
@@ -108,7 +89,7 @@ def test_duke_missing_split_shows_duke_tree(tmp_path):
     assert "market1501" not in message
 
 
-def test_duke_unparsable_name(tmp_path):
+def test_duke_unparsable_name(tmp_path, make_duke):
     base = make_duke(tmp_path)
     bad = _touch(base / "bounding_box_test" / "frame_12.jpg")
     with pytest.raises(UserError) as excinfo:
@@ -120,45 +101,6 @@ def test_duke_unparsable_name(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # MSMT17
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _msmt_name(pid: int, index: int, cam: int, frame: int) -> str:
-    return f"{pid:04d}_{index:03d}_{cam:02d}_0303morning_{frame:04d}_0.jpg"
-
-
-def make_msmt17(
-    root: Path, folder: str = "msmt17/MSMT17_V1", train_dir: str = "train", test_dir: str = "test", lists: bool = True
-) -> dict:
-    """Train pids 0..3 (3 images: 2 in list_train, 1 in list_val); test pids 0..2 (1 query, 3 gallery).
-
-    With lists=False: the folder form train/<pid>/, query/<pid>/, gallery/<pid>/ (train_dir names train/).
-    Camera of image k of pid p: (p + k) % 15 + 1 (1-based), so cameras 1..6 and 15 appear.
-    """
-    base = root / folder
-    frame = iter(range(1, 10**6))
-    entries: dict[str, list[tuple[str, int, int]]] = {"train": [], "val": [], "query": [], "gallery": []}
-    for pid in range(4):
-        for k in range(3):
-            cam = (pid + k) % 15 + 1
-            entries["train" if k < 2 else "val"].append((f"{pid:04d}/{_msmt_name(pid, k, cam, next(frame))}", pid, cam))
-    for pid in range(3):
-        entries["query"].append((f"{pid:04d}/{_msmt_name(pid, 0, 15, next(frame))}", pid, 15))
-        for k in range(3):
-            cam = (pid + k) % 15 + 1
-            entries["gallery"].append((f"{pid:04d}/{_msmt_name(pid, k + 1, cam, next(frame))}", pid, cam))
-    if lists:
-        dirs = {"train": train_dir, "val": train_dir, "query": test_dir, "gallery": test_dir}
-        for split, items in entries.items():
-            for rel, _, _ in items:
-                _touch(base / dirs[split] / rel)
-            (base / f"list_{split}.txt").write_text("".join(f"{rel} {pid}\n" for rel, pid, _ in items))
-        _touch(base / train_dir / "0000" / _msmt_name(0, 99, 1, 9999))  # on disk, in no list: not loaded
-    else:
-        dirs = {"train": train_dir, "val": train_dir, "query": "query", "gallery": "gallery"}
-        for split, items in entries.items():
-            for rel, _, _ in items:
-                _touch(base / dirs[split] / rel)
-    return {"base": base, "entries": entries}
 
 
 def _check_msmt(splits, base: Path) -> None:
@@ -174,7 +116,7 @@ def _check_msmt(splits, base: Path) -> None:
     assert {r.camid for r in splits.train} == {0, 1, 2, 3, 4, 5}
 
 
-def test_msmt17_v1_lists_train_plus_val(tmp_path):
+def test_msmt17_v1_lists_train_plus_val(tmp_path, make_msmt17):
     info = make_msmt17(tmp_path)
     splits = load_msmt17(tmp_path)
     _check_msmt(splits, info["base"])
@@ -187,7 +129,7 @@ def test_msmt17_v1_lists_train_plus_val(tmp_path):
 
 @pytest.mark.parametrize("folder", ["msmt17/MSMT17_V2", "MSMT17_V2"])
 @pytest.mark.parametrize("dirs", [("mask_train_v2", "mask_test_v2"), ("mask_train_V2", "mask_test_V2")])
-def test_msmt17_v2_list_form(tmp_path, folder, dirs):
+def test_msmt17_v2_list_form(tmp_path, folder, dirs, make_msmt17):
     info = make_msmt17(tmp_path, folder=folder, train_dir=dirs[0], test_dir=dirs[1])
     splits = load_msmt17(tmp_path)
     _check_msmt(splits, info["base"])
@@ -195,13 +137,13 @@ def test_msmt17_v2_list_form(tmp_path, folder, dirs):
     assert all(f"/{dirs[1]}/" in r.path for r in splits.query + splits.gallery)
 
 
-def test_msmt17_v1_folder_directly_under_root(tmp_path):
+def test_msmt17_v1_folder_directly_under_root(tmp_path, make_msmt17):
     info = make_msmt17(tmp_path, folder="MSMT17_V1")
     _check_msmt(load_msmt17(tmp_path), info["base"])
 
 
 @pytest.mark.parametrize("train_dir", ["train", "mask_train_v2"])
-def test_msmt17_v2_folder_form(tmp_path, train_dir):
+def test_msmt17_v2_folder_form(tmp_path, train_dir, make_msmt17):
     info = make_msmt17(tmp_path, folder="msmt17/MSMT17_V2", train_dir=train_dir, lists=False)
     splits = load_msmt17(tmp_path)
     _check_msmt(splits, info["base"])
@@ -209,7 +151,7 @@ def test_msmt17_v2_folder_form(tmp_path, train_dir):
     assert any("folder form" in n for n in splits.notes)
 
 
-def test_msmt17_combine_all(tmp_path):
+def test_msmt17_combine_all(tmp_path, make_msmt17):
     make_msmt17(tmp_path)
     splits = load_msmt17(tmp_path, combine_all=True)
     # test pids restart at 0: offset, not merged with train pid 0; nothing dropped (pid 0 is a real person)
@@ -231,7 +173,7 @@ def test_msmt17_missing_folder(tmp_path):
     assert "list_train.txt" in message and "mask_train_v2" in message and "<pid>" in message
 
 
-def test_msmt17_missing_list_file(tmp_path):
+def test_msmt17_missing_list_file(tmp_path, make_msmt17):
     info = make_msmt17(tmp_path)
     (info["base"] / "list_val.txt").unlink()
     with pytest.raises(UserError) as excinfo:
@@ -240,7 +182,7 @@ def test_msmt17_missing_list_file(tmp_path):
     assert str(info["base"] / "list_val.txt") in message and "list_query.txt" in message
 
 
-def test_msmt17_listed_image_missing(tmp_path):
+def test_msmt17_listed_image_missing(tmp_path, make_msmt17):
     info = make_msmt17(tmp_path)
     rel = info["entries"]["gallery"][4][0]
     (info["base"] / "test" / rel).unlink()
@@ -251,7 +193,7 @@ def test_msmt17_listed_image_missing(tmp_path):
     assert str(info["base"] / "test" / rel) in message
 
 
-def test_msmt17_bad_list_line_and_bad_camera(tmp_path):
+def test_msmt17_bad_list_line_and_bad_camera(tmp_path, make_msmt17):
     info = make_msmt17(tmp_path)
     with open(info["base"] / "list_query.txt", "a") as handle:
         handle.write("0000/no_pid_here.jpg\n")
@@ -269,7 +211,7 @@ def test_msmt17_bad_list_line_and_bad_camera(tmp_path):
     assert "img0001.jpg" in message and "line 2" in message and "0000_000_01_0303morning_0015_0.jpg" in message
 
 
-def test_msmt17_no_image_folders(tmp_path):
+def test_msmt17_no_image_folders(tmp_path, make_msmt17):
     info = make_msmt17(tmp_path)
     os.rename(info["base"] / "test", info["base"] / "testing")
     with pytest.raises(UserError) as excinfo:
@@ -278,7 +220,7 @@ def test_msmt17_no_image_folders(tmp_path):
     assert str(info["base"] / "test") in message and str(info["base"] / "mask_test_v2") in message
 
 
-def test_msmt17_v2_folders_without_lists(tmp_path):
+def test_msmt17_v2_folders_without_lists(tmp_path, make_msmt17):
     # the official V2 image folders but no list files: query/gallery cannot be told apart
     info = make_msmt17(tmp_path, folder="MSMT17_V2", train_dir="mask_train_v2", test_dir="mask_test_v2")
     for name in ("train", "val", "query", "gallery"):
@@ -290,10 +232,10 @@ def test_msmt17_v2_folders_without_lists(tmp_path):
     assert "query/<pid>/<image>" in message
 
 
-def test_msmt17_folder_form_bad_pid_folder(tmp_path):
+def test_msmt17_folder_form_bad_pid_folder(tmp_path, make_msmt17):
     info = make_msmt17(tmp_path, folder="MSMT17_V2", lists=False)
     bad = info["base"] / "gallery" / "person_x"
-    _touch(bad / _msmt_name(1, 0, 1, 1))
+    _touch(bad / "0001_000_01_0303morning_0001_0.jpg")
     with pytest.raises(UserError) as excinfo:
         load_msmt17(tmp_path)
     message = _layout_error(excinfo)
@@ -304,36 +246,9 @@ def test_msmt17_folder_form_bad_pid_folder(tmp_path):
 # VehicleID
 # ---------------------------------------------------------------------------------------------------------
 
-VEHICLE_TEST_COUNTS = {101: 1, 102: 5, 103: 5, 104: 5, 105: 5, 106: 5, 107: 5}  # small list; 101 single image
-
-
-def make_vehicleid(root: Path, folder: str = "VehicleID_V1.0") -> dict:
-    base = root / folder
-    number = iter(range(1, 10**6))
-    lists: dict[str, list[tuple[str, int]]] = {"train": [], "small": [], "medium": [], "large": []}
-    for vid in range(1, 6):
-        lists["train"] += [(f"{next(number):07d}", vid) for _ in range(3)]
-    for vid, count in VEHICLE_TEST_COUNTS.items():
-        lists["small"] += [(f"{next(number):07d}", vid) for _ in range(count)]
-    lists["medium"] = lists["small"] + [(f"{next(number):07d}", 201) for _ in range(2)]
-    lists["large"] = lists["medium"] + [(f"{next(number):07d}", vid) for vid in (301, 302, 302)]
-    files = {
-        "train": "train_list.txt",
-        "small": "test_list_800.txt",
-        "medium": "test_list_1600.txt",
-        "large": "test_list_2400.txt",
-    }
-    for key, items in lists.items():
-        for name, _ in items:
-            _touch(base / "image" / f"{name}.jpg")
-        path = base / "train_test_split" / files[key]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(f"{name} {vid}\n" for name, vid in items))
-    return {"base": base, "lists": lists}
-
 
 @pytest.mark.parametrize("folder", ["VehicleID_V1.0", "vehicle-id/VehicleID_V1.0"])
-def test_vehicleid_retrieval(tmp_path, folder):
+def test_vehicleid_retrieval(tmp_path, folder, make_vehicleid):
     info = make_vehicleid(tmp_path, folder)
     splits = load_vehicleid(tmp_path)
     assert splits.name == "vehicleid"
@@ -341,14 +256,14 @@ def test_vehicleid_retrieval(tmp_path, folder):
     assert len(splits.train) == 15 and _labels(splits.train) == set(range(5))
     assert len(splits.query) == len(splits.gallery) == 31
     assert splits.query == splits.gallery and splits.extra_trials == []
-    assert Counter(r.label for r in splits.query) == VEHICLE_TEST_COUNTS
+    assert Counter(r.label for r in splits.query) == info["test_counts"]
     assert all(r.camid == -1 for r in splits.train + splits.query)
     assert all(r.path.startswith(str(info["base"] / "image")) and r.path.endswith(".jpg") for r in splits.query)
     assert [os.path.basename(r.path)[:-4] for r in splits.query] == [n for n, _ in info["lists"]["small"]]
 
 
 @pytest.mark.parametrize("size,images,ids", [("small", 31, 7), ("medium", 33, 8), ("large", 36, 10)])
-def test_vehicleid_sizes(tmp_path, size, images, ids):
+def test_vehicleid_sizes(tmp_path, size, images, ids, make_vehicleid):
     make_vehicleid(tmp_path)
     splits = load_vehicleid(tmp_path, test_size=size)
     assert len(splits.query) == images and len(_labels(splits.query)) == ids
@@ -362,7 +277,7 @@ def _check_trial(query, gallery, test) -> None:
     assert not set(query) & set(gallery)
 
 
-def test_vehicleid_reid_trials(tmp_path):
+def test_vehicleid_reid_trials(tmp_path, make_vehicleid):
     make_vehicleid(tmp_path)
     test = load_vehicleid(tmp_path).query
     splits = load_vehicleid(tmp_path, protocol="reid", trials=6, seed=3)
@@ -387,7 +302,7 @@ def test_vehicleid_reid_trials(tmp_path):
     assert single.extra_trials == []
 
 
-def test_vehicleid_bad_options(tmp_path):
+def test_vehicleid_bad_options(tmp_path, make_vehicleid):
     make_vehicleid(tmp_path)
     with pytest.raises(ConfigError) as excinfo:
         load_vehicleid(tmp_path, test_size="huge")
@@ -412,7 +327,7 @@ def test_vehicleid_missing_folder(tmp_path):
     assert "train_test_split/test_list_800.txt" in message and "image/" in message
 
 
-def test_vehicleid_missing_list_and_image(tmp_path):
+def test_vehicleid_missing_list_and_image(tmp_path, make_vehicleid):
     info = make_vehicleid(tmp_path)
     large = info["base"] / "train_test_split" / "test_list_2400.txt"
     large.unlink()
@@ -430,7 +345,7 @@ def test_vehicleid_missing_list_and_image(tmp_path):
     assert "test_list_800.txt" in message and "line 3" in message and f"{name}.jpg" in message
 
 
-def test_vehicleid_bad_line(tmp_path):
+def test_vehicleid_bad_line(tmp_path, make_vehicleid):
     info = make_vehicleid(tmp_path)
     with open(info["base"] / "train_test_split" / "train_list.txt", "a") as handle:
         handle.write("0000099\n")
@@ -445,25 +360,7 @@ def test_vehicleid_bad_line(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _write_tiny_jpeg(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (4, 8), (10, 20, 30)).save(path, format="JPEG")
-
-
-def make_split_folders(root: Path) -> None:
-    for cls in ("zebra", "ant", "bee"):
-        for k in range(2):
-            _write_tiny_jpeg(root / "train" / cls / f"{k}.jpg")
-    for cls in ("cat", "dog"):
-        _touch(root / "query" / cls / "q.png")
-        for ext in ("jpeg", "bmp", "webp"):
-            _touch(root / "gallery" / cls / f"g.{ext.upper() if cls == 'dog' else ext}")
-    _touch(root / "gallery" / "cat" / "._g.jpg")  # macOS resource fork: skipped
-    _touch(root / "gallery" / "cat" / "notes.txt")
-    (root / "gallery" / "empty_class").mkdir()
-
-
-def test_folder_with_splits(tmp_path):
+def test_folder_with_splits(tmp_path, make_split_folders):
     make_split_folders(tmp_path)
     splits = load_folder(tmp_path)
     assert splits.name == "folder" and splits.protocol == "reid" and not splits.query_is_gallery

@@ -21,11 +21,11 @@ def _single_thread():
 
 
 @pytest.fixture(params=["binned", "search"])
-def rank_path(request, monkeypatch):
+def rank_path(request):
     """Run a test through both ranking implementations (histogram-of-bins with
-    exact in-bin comparison, and the batched-searchsorted fallback)."""
-    monkeypatch.setattr(metrics_mod, "_USE_BINNING", request.param == "binned")
-    return request.param
+    exact in-bin comparison, and the batched-searchsorted fallback): keyword
+    arguments for every reid_metrics call of the test."""
+    return {"use_binning": request.param == "binned"}
 
 
 # ---------------------------------------------------------------------------
@@ -116,7 +116,9 @@ def test_random_matches_reference(seed, quantize, chunk_size, rank_path):
     if not quantize:
         _assert_no_near_ties(d, rel_gap=5e-7)
     ref = _ref_metrics(d, qp, gp, qc, gc, 50)
-    out = reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, max_rank=50, chunk_size=chunk_size)
+    out = reid_metrics(
+        torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, max_rank=50, chunk_size=chunk_size, **rank_path
+    )
     _check_against_ref(out, ref)
     assert isinstance(out["cmc"], np.ndarray) and out["cmc"].dtype == np.float64
     assert out["cmc"].shape == (50,)
@@ -171,6 +173,7 @@ def test_ties_broken_by_gallery_index(seed, rank_path):
             max_rank=30,
             chunk_size=cs,
             return_per_query=True,
+            **rank_path,
         )
         _check_against_ref(out, ref)
         np.testing.assert_array_equal(out["per_query"]["first_match_rank"], ref["first"])
@@ -187,7 +190,16 @@ def test_ties_cosine(rank_path):
     qc, gc = rng.integers(0, 3, 20), rng.integers(0, 3, 90)
     ref = _ref_metrics(_ref_dist(qf, gf, "cosine"), qp, gp, qc, gc, 50)
     out = reid_metrics(
-        torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, metric="cosine", chunk_size=6, return_per_query=True
+        torch.from_numpy(qf),
+        torch.from_numpy(gf),
+        qp,
+        gp,
+        qc,
+        gc,
+        metric="cosine",
+        chunk_size=6,
+        return_per_query=True,
+        **rank_path,
     )
     _check_against_ref(out, ref)
     np.testing.assert_array_equal(out["per_query"]["first_match_rank"], ref["first"])
@@ -204,19 +216,21 @@ def test_hand_computed_single_query(rank_path):
     # CMC = [0, 1, 1, ...].
     qf = torch.zeros(1, 2)
     gf = torch.tensor([[1.0, 0], [2, 0], [3, 0], [4, 0], [5, 0], [6, 0]])
-    out = reid_metrics(qf, gf, [1], [2, 1, 1, 3, 1, 1], [0], [0, 0, 1, 0, 2, 1], max_rank=8, return_per_query=True)
+    out = reid_metrics(
+        qf, gf, [1], [2, 1, 1, 3, 1, 1], [0], [0, 0, 1, 0, 2, 1], max_rank=8, return_per_query=True, **rank_path
+    )
     assert out["mAP"] == pytest.approx(1.6 / 3, abs=1e-12)
     assert out["mINP"] == pytest.approx(0.6, abs=1e-12)
     np.testing.assert_array_equal(out["cmc"], [0, 1, 1, 1, 1, 1, 1, 1])
     assert out["rank1"] == 0.0 and out["rank5"] == 1.0 and out["rank10"] == 1.0
     assert out["per_query"]["first_match_rank"].tolist() == [2]
     # CMC stays at its last value beyond the (5-item) valid gallery.
-    out50 = reid_metrics(qf, gf, [1], [2, 1, 1, 3, 1, 1], [0], [0, 0, 1, 0, 2, 1])
+    out50 = reid_metrics(qf, gf, [1], [2, 1, 1, 3, 1, 1], [0], [0, 0, 1, 0, 2, 1], **rank_path)
     assert out50["cmc"].shape == (50,) and out50["cmc"][-1] == 1.0
 
     # With no camera information (-1) the junk item idx1 becomes a match at rank 2:
     # ranks 2, 3, 5, 6 -> AP = (1/2 + 2/3 + 3/5 + 4/6)/4, INP = 4/6.
-    out = reid_metrics(qf, gf, [1], [2, 1, 1, 3, 1, 1], [-1], [-1] * 6, max_rank=8)
+    out = reid_metrics(qf, gf, [1], [2, 1, 1, 3, 1, 1], [-1], [-1] * 6, max_rank=8, **rank_path)
     assert out["mAP"] == pytest.approx((0.5 + 2 / 3 + 0.6 + 4 / 6) / 4, abs=1e-12)
     assert out["mINP"] == pytest.approx(4 / 6, abs=1e-12)
 
@@ -231,7 +245,7 @@ def test_camid_minus_one_removes_nothing(rank_path):
         _ref_dist(qf, gf, "euclidean"), qp, gp, np.arange(len(qp)) + 1000, np.zeros(len(gp), int) - 5, 50
     )
     assert ref["mAP"] == pytest.approx(ref_nocam["mAP"], abs=1e-12)
-    out = reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, chunk_size=7)
+    out = reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, chunk_size=7, **rank_path)
     _check_against_ref(out, ref)
     assert out["num_skipped_query"] == int((~np.isin(qp, gp)).sum())
 
@@ -249,7 +263,9 @@ def test_skipped_queries_counted_and_excluded(rank_path):
     gc[:3] = qc[4]
     ref = _ref_metrics(_ref_dist(qf, gf, "euclidean"), qp, gp, qc, gc, 50)
     assert not ref["valid"][:5].any()
-    out = reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, chunk_size=3, return_per_query=True)
+    out = reid_metrics(
+        torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, chunk_size=3, return_per_query=True, **rank_path
+    )
     _check_against_ref(out, ref)
     assert out["num_skipped_query"] == int((~ref["valid"]).sum()) >= 5
     assert out["num_valid_query"] + out["num_skipped_query"] == out["num_query"] == 30
@@ -306,7 +322,15 @@ def test_per_query_matches_reference(chunk_size, rank_path):
     qf, gf, qp, gp, qc, gc = _random_problem(9, npids=30, quantize=True)  # sparser: some skipped
     ref = _ref_metrics(_ref_dist(qf, gf, "euclidean"), qp, gp, qc, gc, 50)
     out = reid_metrics(
-        torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, chunk_size=chunk_size, return_per_query=True
+        torch.from_numpy(qf),
+        torch.from_numpy(gf),
+        qp,
+        gp,
+        qc,
+        gc,
+        chunk_size=chunk_size,
+        return_per_query=True,
+        **rank_path,
     )
     pq = out["per_query"]
     assert set(pq) == {"ap", "inp", "first_match_rank", "valid"}
@@ -319,43 +343,60 @@ def test_per_query_matches_reference(chunk_size, rank_path):
 
 
 def test_distance_fn_override():
+    # A custom metric computed from the features: L1, which ranks differently from
+    # the squared Euclidean distance.  Quantized features make it exact in fp32.
     qf, gf, qp, gp, qc, gc = _random_problem(2, quantize=True)
-    rng = np.random.default_rng(2)
-    noise = rng.uniform(0, 1, (30, 200))  # arbitrary "adjusted" distance
-    d_ref = _ref_dist(qf, gf, "euclidean") + noise
-    d_t = torch.from_numpy(d_ref)
-    offsets = iter(range(0, 30, 7))
+    calls = []
 
-    def dist_fn(q_chunk, gallery):
+    def l1(q_chunk, gallery):
         assert q_chunk.dtype == torch.float32 and gallery.dtype == torch.float32
-        s = next(offsets)
-        return d_t[s : s + q_chunk.shape[0]]
+        calls.append(q_chunk.shape[0])
+        return (q_chunk[:, None, :] - gallery[None, :, :]).abs().sum(-1)
 
     out = reid_metrics(
-        torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, chunk_size=7, distance_fn=dist_fn, metric="ignored"
+        torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, chunk_size=7, distance_fn=l1, metric="ignored"
     )
-    ref = _ref_metrics(d_ref.astype(np.float32).astype(np.float64), qp, gp, qc, gc, 50)
-    _check_against_ref(out, ref)
+    d_ref = np.abs(qf[:, None, :].astype(np.float64) - gf[None, :, :]).sum(-1)
+    _check_against_ref(out, _ref_metrics(d_ref, qp, gp, qc, gc, 50))
+    assert calls == [7, 7, 7, 7, 2]
+    assert out["mAP"] != pytest.approx(_ref_metrics(_ref_dist(qf, gf, "euclidean"), qp, gp, qc, gc, 50)["mAP"])
+
+
+def test_from_distances_tensor_and_block_function(rank_path):
+    # Precomputed distances, as a (Q, G) tensor or as a block function: the same numbers
+    # as the reference, with blocks asked for chunk_size queries at a time.
+    qf, gf, qp, gp, qc, gc = _random_problem(4, quantize=True)
+    rng = np.random.default_rng(4)
+    d = (_ref_dist(qf, gf, "euclidean") + rng.integers(0, 3, (30, 200))).astype(np.float32)  # exact, with ties
+    ref = _ref_metrics(d.astype(np.float64), qp, gp, qc, gc, 50)
+    d_t = torch.from_numpy(d)
+    calls = []
+
+    def block(start, stop):
+        calls.append((start, stop))
+        return d_t[start:stop].double()  # any float dtype: cast to fp32
+
+    for source in (d_t, block):
+        out = metrics_mod.reid_metrics_from_distances(
+            source, qp, gp, qc, gc, chunk_size=8, return_per_query=True, **rank_path
+        )
+        _check_against_ref(out, ref)
+        np.testing.assert_array_equal(out["per_query"]["first_match_rank"], ref["first"])
+    assert calls == [(0, 8), (8, 16), (16, 24), (24, 30)]
+    with pytest.raises(ValueError, match="gallery_pids"):
+        metrics_mod.reid_metrics_from_distances(d_t, qp, gp[:-1], qc, gc)
+    with pytest.raises(ValueError, match="expected"):
+        metrics_mod.reid_metrics_from_distances(lambda a, b: d_t[a:b, :5], qp, gp, qc, gc)
 
 
 def test_negative_and_signed_zero_distances(rank_path):
-    # distance_fn may produce negative values and -0.0; ordering must be numeric.
+    # Given distances may be negative and -0.0; ordering must be numeric.
     rng = np.random.default_rng(3)
     d = rng.choice(np.array([-2.5, -1.0, -0.0, 0.0, 0.5, 3.0], dtype=np.float32), (12, 40))
     qp, gp = rng.integers(0, 4, 12), rng.integers(0, 4, 40)
     qc, gc = rng.integers(0, 3, 12), rng.integers(0, 3, 40)
-    d_t = torch.from_numpy(d)
-    out = reid_metrics(
-        torch.zeros(12, 1),
-        torch.zeros(40, 1),
-        qp,
-        gp,
-        qc,
-        gc,
-        max_rank=40,
-        chunk_size=12,
-        distance_fn=lambda q, g: d_t,
-        return_per_query=True,
+    out = metrics_mod.reid_metrics_from_distances(
+        torch.from_numpy(d), qp, gp, qc, gc, max_rank=40, chunk_size=12, return_per_query=True, **rank_path
     )
     ref = _ref_metrics(d.astype(np.float64), qp, gp, qc, gc, 40)
     _check_against_ref(out, ref)
@@ -367,19 +408,30 @@ def test_larger_gallery_matches_reference(rank_path):
     # items by bin and only a few exactly); quantized features -> exact distances.
     qf, gf, qp, gp, qc, gc = _random_problem(21, nq=40, ng=3000, dim=24, npids=40, quantize=True)
     ref = _ref_metrics(_ref_dist(qf, gf, "euclidean"), qp, gp, qc, gc, 50)
-    out = reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, chunk_size=16, return_per_query=True)
+    out = reid_metrics(
+        torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, chunk_size=16, return_per_query=True, **rank_path
+    )
     _check_against_ref(out, ref)
     np.testing.assert_array_equal(out["per_query"]["first_match_rank"], ref["first"])
     np.testing.assert_allclose(out["per_query"]["ap"], ref["ap"], atol=1e-12, equal_nan=True)
 
 
+def _neg_nan() -> np.float32:
+    """A NaN with the sign bit set, built from its bits."""
+    return np.array([0xFFC00001], dtype=np.uint32).view(np.float32)[0]
+
+
 def test_non_finite_and_constant_distances(rank_path):
-    # +inf / nan distances (the binned path falls back to the exact search) and
-    # rows where every distance is equal (pure index order).
+    # +-inf / NaN distances (the binned path falls back to the exact search) and
+    # rows where every distance is equal (pure index order).  NaNs of either sign
+    # (inf - inf has its sign bit set on x86) rank last, like numpy's argsort.
     rng = np.random.default_rng(5)
     d = rng.standard_normal((10, 60)).astype(np.float32)
     d[rng.random((10, 60)) < 0.2] = np.inf
-    d[rng.random((10, 60)) < 0.05] = np.nan  # ranked last, like numpy's argsort
+    d[rng.random((10, 60)) < 0.05] = -np.inf
+    d[rng.random((10, 60)) < 0.05] = np.nan
+    d[rng.random((10, 60)) < 0.05] = (torch.tensor(float("inf")) - torch.tensor(float("inf"))).item()
+    d[rng.random((10, 60)) < 0.05] = _neg_nan()
     d[3] = 1.5
     d[7] = np.inf
     qp, gp = rng.integers(0, 4, 10), rng.integers(0, 4, 60)
@@ -387,14 +439,8 @@ def test_non_finite_and_constant_distances(rank_path):
     ref = _ref_metrics(d.astype(np.float64), qp, gp, qc, gc, 50)
     d_t = torch.from_numpy(d)
     for cs in (10, 5):
-        it = iter(range(0, 10, cs))
-
-        def fn(q, g):
-            s = next(it)  # noqa: B023 (used within this iteration)
-            return d_t[s : s + q.shape[0]]
-
-        out = reid_metrics(
-            torch.zeros(10, 1), torch.zeros(60, 1), qp, gp, qc, gc, chunk_size=cs, distance_fn=fn, return_per_query=True
+        out = metrics_mod.reid_metrics_from_distances(
+            lambda a, b: d_t[a:b], qp, gp, qc, gc, chunk_size=cs, return_per_query=True, **rank_path
         )
         _check_against_ref(out, ref)
         np.testing.assert_array_equal(out["per_query"]["first_match_rank"], ref["first"])
@@ -402,15 +448,8 @@ def test_non_finite_and_constant_distances(rank_path):
     d2 = d[[0, 3]].copy()
     d2[~np.isfinite(d2)] = 7.0
     ref2 = _ref_metrics(d2.astype(np.float64), qp[[0, 3]], gp, qc[[0, 3]], gc, 50)
-    out2 = reid_metrics(
-        torch.zeros(2, 1),
-        torch.zeros(60, 1),
-        qp[[0, 3]],
-        gp,
-        qc[[0, 3]],
-        gc,
-        distance_fn=lambda q, g: torch.from_numpy(d2),
-        return_per_query=True,
+    out2 = metrics_mod.reid_metrics_from_distances(
+        torch.from_numpy(d2), qp[[0, 3]], gp, qc[[0, 3]], gc, return_per_query=True, **rank_path
     )
     np.testing.assert_allclose(out2["per_query"]["ap"], ref2["ap"], atol=1e-12, equal_nan=True)
 

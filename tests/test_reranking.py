@@ -105,16 +105,15 @@ def test_sparse_matches_dense_other_params(k1, k2, lam):
     np.testing.assert_allclose(rer.all_distances().numpy(), dense.numpy(), atol=1e-5, rtol=0)
 
 
-def test_sparse_matches_dense_with_ties_and_tiny_sets(monkeypatch):
+def test_sparse_matches_dense_with_ties_and_tiny_sets():
     # Integer features: many exactly tied distances and duplicate items, which
     # exercises the tie handling of the top-k lists (ties broken by index).
     g = torch.Generator().manual_seed(5)
     q = torch.randint(0, 3, (12, 4), generator=g).float()
     gal = torch.randint(0, 3, (50, 4), generator=g).float()
-    monkeypatch.setattr(rr, "_PAIR_BUDGET", 7)  # many Jaccard sub-batches
-    monkeypatch.setattr(rr, "_GATHER_BUDGET", 40)  # many weight sub-batches
     dense = k_reciprocal_dense(q, gal)
-    rer = KReciprocalReranker(q, gal, chunk_size=5)
+    # tiny budgets: many Jaccard sub-batches and many weight sub-batches
+    rer = KReciprocalReranker(q, gal, chunk_size=5, pair_budget=7, gather_budget=40)
     np.testing.assert_allclose(rer.all_distances().numpy(), dense.numpy(), atol=1e-5, rtol=0)
     # fewer items than k1 + 1
     q2, g2 = q[:3], gal[:8]
@@ -126,11 +125,12 @@ def test_sparse_matches_dense_with_ties_and_tiny_sets(monkeypatch):
     )
 
 
-def test_smallest_k_stable_matches_stable_sort():
+def test_smallest_k_matches_stable_sort():
+    # the selection the neighbour lists are built with (engine.evaluation.ranking.smallest_k)
     g = torch.Generator().manual_seed(0)
     block = torch.randint(0, 5, (40, 30), generator=g).float()
     for k in (1, 4, 11, 30):
-        got = rr._smallest_k_stable(block, k)
+        got = rr.unpack_index(rr.smallest_k(block, k))
         exp = torch.sort(block, dim=1, stable=True).indices[:, :k]
         assert torch.equal(got, exp)
 
@@ -172,20 +172,10 @@ def test_reranking_improves_map_on_clustered_data():
 def test_rerank_and_evaluate_equals_reid_metrics_on_dense(chunk):
     qf, gf, qp, gp, qc, gc = _clustered(1, num_ids=25)
     dense = k_reciprocal_dense(qf, gf)
+    from engine.evaluation.reid_metrics import reid_metrics_from_distances
+
     got = rerank_and_evaluate(qf, gf, qp, gp, qc, gc, max_rank=20, chunk_size=chunk, return_per_query=True)
-    idx_feats = torch.arange(qf.shape[0]).float().unsqueeze(1)
-    exp = reid_metrics(
-        idx_feats,
-        torch.zeros(gf.shape[0], 1),
-        qp,
-        gp,
-        qc,
-        gc,
-        max_rank=20,
-        chunk_size=chunk,
-        distance_fn=lambda q, _g: dense[q[:, 0].long()],
-        return_per_query=True,
-    )
+    exp = reid_metrics_from_distances(dense, qp, gp, qc, gc, max_rank=20, chunk_size=chunk, return_per_query=True)
     assert set(got) == set(exp)
     np.testing.assert_allclose(got["cmc"], exp["cmc"], atol=1e-12)
     for key in ("rank1", "rank5", "rank10", "mAP", "mINP"):
@@ -193,6 +183,22 @@ def test_rerank_and_evaluate_equals_reid_metrics_on_dense(chunk):
     for key in ("num_query", "num_valid_query", "num_skipped_query"):
         assert got[key] == exp[key]
     np.testing.assert_array_equal(got["per_query"]["first_match_rank"], exp["per_query"]["first_match_rank"])
+
+
+def test_distance_block_and_small_budgets():
+    """The block function rerank_and_evaluate hands to the re-ID metrics is distances() of a query range;
+    the scratch budgets change neither the distances nor the metrics."""
+    qf, gf, qp, gp, qc, gc = _clustered(2, num_ids=15)
+    rer = KReciprocalReranker(qf, gf, chunk_size=11)
+    assert torch.equal(rer.distance_block(3, 9), rer.distances(torch.arange(3, 9)))
+    small = KReciprocalReranker(qf, gf, chunk_size=11, pair_budget=5, gather_budget=33)
+    np.testing.assert_allclose(small.all_distances().numpy(), rer.all_distances().numpy(), atol=1e-6, rtol=0)
+    base = rerank_and_evaluate(qf, gf, qp, gp, qc, gc, chunk_size=11, return_per_query=True)
+    tiny = rerank_and_evaluate(
+        qf, gf, qp, gp, qc, gc, chunk_size=11, return_per_query=True, pair_budget=5, gather_budget=33
+    )
+    np.testing.assert_array_equal(base["per_query"]["first_match_rank"], tiny["per_query"]["first_match_rank"])
+    assert base["mAP"] == pytest.approx(tiny["mAP"], abs=1e-12)
 
 
 def test_dense_size_limit():

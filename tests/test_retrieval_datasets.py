@@ -6,7 +6,6 @@ split, the label ranges and relabelling, the protocol fields, the accepted folde
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 from pathlib import Path
@@ -18,25 +17,11 @@ from PIL import Image
 
 from config.errors import ConfigError, UserError
 from data.datasets.cars import load_cars
+from data.datasets.common import DatasetLayoutError
 from data.datasets.cub import load_cub
 from data.datasets.inshop import load_inshop
-from data.datasets.market1501 import DatasetLayoutError
 from data.datasets.sop import load_sop
 from data.records import DatasetSplits, Record
-
-
-def _jpeg_bytes(colour=(120, 30, 200)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), colour).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-JPEG = _jpeg_bytes()
-
-
-def _write_image(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(JPEG)
 
 
 def _check_retrieval_common(splits: DatasetSplits, name: str, ks: tuple[int, ...], query_is_gallery: bool) -> None:
@@ -63,30 +48,11 @@ def _layout_error(loader, root, **kwargs) -> str:
 # --------------------------------------------------------------------------------------------- CUB
 
 
-def make_cub_tree(
-    root: Path, num_classes: int = 6, per_class: int = 3, folder_name: str = "CUB_200_2011", resource_forks: bool = True
-) -> Path:
-    """images/NNN.Class_NNN/Class_NNN_000K.jpg; `._` twins of every image when `resource_forks`."""
-    folder = root / folder_name
-    images = folder / "images"
-    for c in range(1, num_classes + 1):
-        class_dir = images / f"{c:03d}.Class_{c:03d}"
-        for k in range(per_class):
-            _write_image(class_dir / f"Class_{c:03d}_{k:04d}.jpg")
-            if resource_forks:
-                (class_dir / f"._Class_{c:03d}_{k:04d}.jpg").write_bytes(b"\x00\x05\x16\x07 resource fork")
-    images.mkdir(parents=True, exist_ok=True)
-    (images / ".DS_Store").write_bytes(b"junk")
-    (images / "._001.Class_001").write_bytes(b"junk")
-    (folder / "README").write_text("CUB")
-    return folder
-
-
 def _class_number(path: str) -> int:
     return int(Path(path).parent.name.split(".")[0])
 
 
-def test_cub_counts_labels_and_protocol(tmp_path):
+def test_cub_counts_labels_and_protocol(tmp_path, make_cub_tree):
     make_cub_tree(tmp_path)
     splits = load_cub(tmp_path)
     _check_retrieval_common(splits, "cub", (1, 2, 4, 8, 16, 32), query_is_gallery=True)
@@ -101,7 +67,7 @@ def test_cub_counts_labels_and_protocol(tmp_path):
     assert any("6 class folders" in note for note in splits.notes)
 
 
-def test_cub_skips_resource_forks(tmp_path):
+def test_cub_skips_resource_forks(tmp_path, make_cub_tree):
     folder = make_cub_tree(tmp_path)
     on_disk = [n for _, _, files in os.walk(folder / "images") for n in files]
     assert sum(n.startswith("._") for n in on_disk) == 6 * 3 + 1
@@ -110,7 +76,7 @@ def test_cub_skips_resource_forks(tmp_path):
     assert len(splits.train) + len(splits.query) == 6 * 3
 
 
-def test_cub_official_200_classes_split_1_100_101_200(tmp_path):
+def test_cub_official_200_classes_split_1_100_101_200(tmp_path, make_cub_tree):
     make_cub_tree(tmp_path, num_classes=200, per_class=1, resource_forks=False)
     splits = load_cub(tmp_path)
     assert {_class_number(r.path) for r in splits.train} == set(range(1, 101))
@@ -119,14 +85,14 @@ def test_cub_official_200_classes_split_1_100_101_200(tmp_path):
     assert splits.notes == []
 
 
-def test_cub_odd_number_of_classes(tmp_path):
+def test_cub_odd_number_of_classes(tmp_path, make_cub_tree):
     make_cub_tree(tmp_path, num_classes=5, per_class=2)
     splits = load_cub(tmp_path)
     assert splits.num_train_classes == 2
     assert {r.label for r in splits.query} == {3, 4, 5}
 
 
-def test_cub_alternative_folder_name_and_registry_kwargs(tmp_path):
+def test_cub_alternative_folder_name_and_registry_kwargs(tmp_path, make_cub_tree):
     make_cub_tree(tmp_path, folder_name="cub-200-2011")
     splits = load_cub(tmp_path, combine_all=False, demo_seed=3)
     assert len(splits.train) == 9 and len(splits.query) == 9
@@ -146,7 +112,7 @@ def test_cub_missing_images_folder(tmp_path):
     assert "001.Black_footed_Albatross" in message
 
 
-def test_cub_bad_class_folder_and_too_few_classes(tmp_path):
+def test_cub_bad_class_folder_and_too_few_classes(tmp_path, make_cub_tree):
     folder = make_cub_tree(tmp_path, num_classes=1, per_class=1)
     assert "at least 2" in _layout_error(load_cub, tmp_path)
     bad = folder / "images" / "Albatross"
@@ -164,54 +130,18 @@ def test_combine_all_refused(tmp_path):
 # -------------------------------------------------------------------------------------------- Cars
 
 
-_CARS_FIELDS = ("relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "test")
-
-
-def write_cars_annos(mat_path: Path, entries: list[tuple[str, int, int]]) -> None:
-    """cars_annos.mat as the official one: a 1xN struct array `annotations` (+ `class_names`)."""
-    annotations = np.zeros((1, len(entries)), dtype=[(f, object) for f in _CARS_FIELDS])
-    for i, (rel_path, label, test) in enumerate(entries):
-        annotations[0, i] = (
-            rel_path,
-            np.uint8(3),
-            np.uint8(4),
-            np.uint16(60),
-            np.uint16(40),
-            np.uint8(label),
-            np.uint8(test),
-        )
-    num_classes = max(label for _, label, _ in entries)
-    class_names = np.zeros((1, num_classes), dtype=object)
-    class_names[0, :] = [f"Make Model {c}" for c in range(1, num_classes + 1)]
-    scipy.io.savemat(str(mat_path), {"annotations": annotations, "class_names": class_names})
-
-
-def make_cars_tree(root: Path, num_classes: int = 6, per_class: int = 3, folder_name: str = "cars196") -> dict:
-    folder = root / folder_name
-    rng = np.random.default_rng(0)
-    labels = [c for c in range(1, num_classes + 1) for _ in range(per_class)]
-    rng.shuffle(labels)  # the official file is not sorted by class
-    entries = []
-    for i, label in enumerate(labels, start=1):
-        rel_path = f"car_ims/{i:06d}.jpg"
-        _write_image(folder / rel_path)
-        entries.append((rel_path, int(label), i % 2))  # the official test flag, mixed over all classes
-    write_cars_annos(folder / "cars_annos.mat", entries)
-    return {"folder": folder, "entries": entries}
-
-
-def test_cars_annos_written_like_the_official_file(tmp_path):
+def test_cars_annos_written_like_the_official_file(tmp_path, make_cars_tree):
     info = make_cars_tree(tmp_path)
     mat = scipy.io.loadmat(str(info["folder"] / "cars_annos.mat"))
     annotations = mat["annotations"]
     assert annotations.shape == (1, 18)
-    assert annotations.dtype.names == _CARS_FIELDS
+    assert annotations.dtype.names == ("relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "test")
     first = annotations[0, 0]
     assert first["relative_im_path"].shape == (1,) and first["relative_im_path"][0] == "car_ims/000001.jpg"
     assert first["class"].shape == (1, 1) and first["class"].dtype == np.uint8
 
 
-def test_cars_counts_labels_and_protocol(tmp_path):
+def test_cars_counts_labels_and_protocol(tmp_path, make_cars_tree):
     info = make_cars_tree(tmp_path)
     splits = load_cars(tmp_path)
     _check_retrieval_common(splits, "cars", (1, 2, 4, 8, 16, 32), query_is_gallery=True)
@@ -227,7 +157,7 @@ def test_cars_counts_labels_and_protocol(tmp_path):
     assert {flag[r.path] for r in splits.train} == {0, 1} == {flag[r.path] for r in splits.query}
 
 
-def test_cars_official_class_split_1_98_99_196(tmp_path):
+def test_cars_official_class_split_1_98_99_196(tmp_path, make_cars_tree):
     make_cars_tree(tmp_path, num_classes=196, per_class=1)
     splits = load_cars(tmp_path)
     assert splits.num_train_classes == 98
@@ -236,7 +166,7 @@ def test_cars_official_class_split_1_98_99_196(tmp_path):
 
 
 @pytest.mark.parametrize("folder_name", ["CARS196", "stanford_cars"])
-def test_cars_alternative_folder_names(tmp_path, folder_name):
+def test_cars_alternative_folder_names(tmp_path, folder_name, make_cars_tree):
     make_cars_tree(tmp_path, folder_name=folder_name)
     if (tmp_path / "cars196").is_dir():  # a case-insensitive file system: CARS196 is cars196
         pytest.skip("case-insensitive file system")
@@ -251,27 +181,27 @@ def test_cars_missing_folder(tmp_path):
     assert "cars_annos.mat" in message and "car_ims/000001.jpg" in message
 
 
-def test_cars_missing_mat(tmp_path):
+def test_cars_missing_mat(tmp_path, make_cars_tree):
     info = make_cars_tree(tmp_path)
     (info["folder"] / "cars_annos.mat").unlink()
     message = _layout_error(load_cars, tmp_path)
     assert str(info["folder"] / "cars_annos.mat") in message and "car_ims/" in message
 
 
-def test_cars_mat_without_annotations(tmp_path):
+def test_cars_mat_without_annotations(tmp_path, make_cars_tree):
     info = make_cars_tree(tmp_path)
     scipy.io.savemat(str(info["folder"] / "cars_annos.mat"), {"class_names": np.zeros((1, 2), dtype=object)})
     message = _layout_error(load_cars, tmp_path)
     assert str(info["folder"] / "cars_annos.mat") in message and "'annotations'" in message
 
 
-def test_cars_unreadable_mat(tmp_path):
+def test_cars_unreadable_mat(tmp_path, make_cars_tree):
     info = make_cars_tree(tmp_path)
     (info["folder"] / "cars_annos.mat").write_bytes(b"this is not a mat file" * 20)
     assert str(info["folder"] / "cars_annos.mat") in _layout_error(load_cars, tmp_path)
 
 
-def test_cars_listed_image_missing(tmp_path):
+def test_cars_listed_image_missing(tmp_path, make_cars_tree):
     info = make_cars_tree(tmp_path)
     victim = info["folder"] / "car_ims" / "000007.jpg"
     victim.unlink()
@@ -282,27 +212,7 @@ def test_cars_listed_image_missing(tmp_path):
 # --------------------------------------------------------------------------------------------- SOP
 
 
-def make_sop_tree(root: Path, folder_name: str = "Stanford_Online_Products") -> dict:
-    """Train classes 1-4 (2 or 3 images), test classes 5-8 (2 or 3 images), as in the Ebay_*.txt lists."""
-    folder = root / folder_name
-    folder.mkdir(parents=True)
-    supers = ["bicycle_final", "chair_final"]
-    image_id = iter(range(1, 1000))
-    counts = {}
-    for list_name, classes in (("Ebay_train.txt", range(1, 5)), ("Ebay_test.txt", range(5, 9))):
-        lines = ["image_id class_id super_class_id path"]
-        for c in classes:
-            super_id = 1 + c % 2
-            for k in range(2 + c % 2):
-                rel_path = f"{supers[super_id - 1]}/{111085122000 + c}_{k}.JPG"
-                _write_image(folder / rel_path)
-                lines.append(f"{next(image_id)} {c} {super_id} {rel_path}")
-        (folder / list_name).write_text("\n".join(lines) + "\n")
-        counts[list_name] = len(lines) - 1
-    return {"folder": folder, "counts": counts}
-
-
-def test_sop_counts_labels_and_protocol(tmp_path):
+def test_sop_counts_labels_and_protocol(tmp_path, make_sop_tree):
     info = make_sop_tree(tmp_path)
     splits = load_sop(tmp_path)
     _check_retrieval_common(splits, "sop", (1, 10, 100, 1000), query_is_gallery=True)
@@ -316,7 +226,7 @@ def test_sop_counts_labels_and_protocol(tmp_path):
     assert {r.label for r in splits.query} == {5, 6, 7, 8}
 
 
-def test_sop_alternative_folder_name(tmp_path):
+def test_sop_alternative_folder_name(tmp_path, make_sop_tree):
     make_sop_tree(tmp_path, folder_name="sop")
     splits = load_sop(tmp_path)
     assert len(splits.train) == 10 and all(f"{os.sep}sop{os.sep}" in r.path for r in splits.train)
@@ -329,7 +239,7 @@ def test_sop_missing_folder(tmp_path):
     assert "bicycle_final/111085122871_0.JPG" in message
 
 
-def test_sop_missing_list_file(tmp_path):
+def test_sop_missing_list_file(tmp_path, make_sop_tree):
     info = make_sop_tree(tmp_path)
     (info["folder"] / "Ebay_test.txt").unlink()
     message = _layout_error(load_sop, tmp_path)
@@ -337,7 +247,7 @@ def test_sop_missing_list_file(tmp_path):
 
 
 @pytest.mark.parametrize("bad_line", ["99 x 1 chair_final/1_0.JPG", "99 5 chair_final/1_0.JPG"])
-def test_sop_malformed_line(tmp_path, bad_line):
+def test_sop_malformed_line(tmp_path, bad_line, make_sop_tree):
     info = make_sop_tree(tmp_path)
     list_path = info["folder"] / "Ebay_train.txt"
     lines = list_path.read_text().splitlines()
@@ -347,7 +257,7 @@ def test_sop_malformed_line(tmp_path, bad_line):
     assert str(list_path) in message and "line 4" in message and bad_line in message
 
 
-def test_sop_first_image_missing(tmp_path):
+def test_sop_first_image_missing(tmp_path, make_sop_tree):
     info = make_sop_tree(tmp_path)
     first = info["folder"] / (info["folder"] / "Ebay_test.txt").read_text().splitlines()[1].split()[3]
     first.unlink()
@@ -355,7 +265,7 @@ def test_sop_first_image_missing(tmp_path):
     assert str(first) in message and "Ebay_test.txt" in message
 
 
-def test_sop_empty_list(tmp_path):
+def test_sop_empty_list(tmp_path, make_sop_tree):
     info = make_sop_tree(tmp_path)
     (info["folder"] / "Ebay_train.txt").write_text("image_id class_id super_class_id path\n")
     assert "no images listed" in _layout_error(load_sop, tmp_path)
@@ -364,36 +274,11 @@ def test_sop_empty_list(tmp_path):
 # ----------------------------------------------------------------------------------------- In-shop
 
 
-def make_inshop_tree(root: Path, folder_name: str = "Inshop_Clothes", official: bool = False) -> dict:
-    """Train items 2, 4, 7 (3 images each); test items 10, 11, 13 (1 query + 2 gallery images each)."""
-    folder = root / folder_name
-    image_root = folder / "Img" if official else folder
-    list_path = folder / "Eval" / "list_eval_partition.txt" if official else folder / "list_eval_partition.txt"
-    entries = []
-    for item, statuses in [
-        (2, ["train"] * 3),
-        (4, ["train"] * 3),
-        (7, ["train"] * 3),
-        (10, ["query", "gallery", "gallery"]),
-        (11, ["gallery", "query", "gallery"]),
-        (13, ["query", "gallery", "gallery"]),
-    ]:
-        for k, status in enumerate(statuses):
-            name = f"img/WOMEN/Dresses/id_{item:08d}/{k + 1:02d}_1_front.jpg"
-            _write_image(image_root / name)
-            entries.append((name, item, status))
-    list_path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [str(len(entries)), "image_name item_id evaluation_status"]
-    lines += [f"{name:<60} id_{item:08d}  {status}" for name, item, status in entries]  # padded like the original
-    list_path.write_text("\n".join(lines) + "\n")
-    return {"folder": folder, "list_path": list_path, "entries": entries, "image_root": image_root}
-
-
 def _item(path: str) -> int:
     return int(Path(path).parent.name[len("id_") :])
 
 
-def test_inshop_counts_labels_and_protocol(tmp_path):
+def test_inshop_counts_labels_and_protocol(tmp_path, make_inshop_tree):
     make_inshop_tree(tmp_path)
     splits = load_inshop(tmp_path)
     _check_retrieval_common(splits, "inshop", (1, 10, 20, 30, 40, 50), query_is_gallery=False)
@@ -406,13 +291,13 @@ def test_inshop_counts_labels_and_protocol(tmp_path):
 
 
 @pytest.mark.parametrize("folder_name", ["In-shop", "inshop"])
-def test_inshop_alternative_folder_names(tmp_path, folder_name):
+def test_inshop_alternative_folder_names(tmp_path, folder_name, make_inshop_tree):
     make_inshop_tree(tmp_path, folder_name=folder_name)
     splits = load_inshop(tmp_path)
     assert len(splits.train) == 9 and all(f"{os.sep}{folder_name}{os.sep}" in r.path for r in splits.train)
 
 
-def test_inshop_official_download_layout(tmp_path):
+def test_inshop_official_download_layout(tmp_path, make_inshop_tree):
     info = make_inshop_tree(tmp_path, official=True)
     splits = load_inshop(tmp_path)
     assert len(splits.train) == 9 and len(splits.query) == 3 and len(splits.gallery) == 6
@@ -426,7 +311,7 @@ def test_inshop_missing_folder(tmp_path):
     assert "list_eval_partition.txt" in message and "image_name item_id evaluation_status" in message
 
 
-def test_inshop_missing_list_file(tmp_path):
+def test_inshop_missing_list_file(tmp_path, make_inshop_tree):
     info = make_inshop_tree(tmp_path)
     info["list_path"].unlink()
     message = _layout_error(load_inshop, tmp_path)
@@ -434,7 +319,7 @@ def test_inshop_missing_list_file(tmp_path):
     assert str(info["folder"] / "Eval" / "list_eval_partition.txt") in message
 
 
-def test_inshop_count_mismatch(tmp_path):
+def test_inshop_count_mismatch(tmp_path, make_inshop_tree):
     info = make_inshop_tree(tmp_path)
     lines = info["list_path"].read_text().splitlines()
     info["list_path"].write_text("\n".join(["17"] + lines[1:]) + "\n")
@@ -443,7 +328,7 @@ def test_inshop_count_mismatch(tmp_path):
 
 
 @pytest.mark.parametrize("bad_line", ["img/a.jpg 00000002 train", "img/a.jpg id_00000002 val", "img/a.jpg id_2"])
-def test_inshop_malformed_line(tmp_path, bad_line):
+def test_inshop_malformed_line(tmp_path, bad_line, make_inshop_tree):
     info = make_inshop_tree(tmp_path)
     lines = info["list_path"].read_text().splitlines()
     lines.insert(4, bad_line)  # becomes line 5 of the file
@@ -453,7 +338,7 @@ def test_inshop_malformed_line(tmp_path, bad_line):
     assert str(info["list_path"]) in message and "line 5" in message and bad_line in message
 
 
-def test_inshop_bad_count_line(tmp_path):
+def test_inshop_bad_count_line(tmp_path, make_inshop_tree):
     info = make_inshop_tree(tmp_path)
     lines = info["list_path"].read_text().splitlines()
     info["list_path"].write_text("\n".join(lines[1:]) + "\n")  # header first, no count line
@@ -461,7 +346,7 @@ def test_inshop_bad_count_line(tmp_path):
     assert str(info["list_path"]) in message and "line 1" in message
 
 
-def test_inshop_first_image_missing(tmp_path):
+def test_inshop_first_image_missing(tmp_path, make_inshop_tree):
     info = make_inshop_tree(tmp_path)
     first = info["image_root"] / info["entries"][0][0]
     first.unlink()
@@ -472,7 +357,9 @@ def test_inshop_first_image_missing(tmp_path):
 # ------------------------------------------------------------------------------------------- all
 
 
-def test_loaders_do_not_decode_images(tmp_path, monkeypatch):
+def test_loaders_do_not_decode_images(
+    tmp_path, monkeypatch, make_cars_tree, make_cub_tree, make_inshop_tree, make_sop_tree
+):
     make_cub_tree(tmp_path)
     make_cars_tree(tmp_path)
     make_sop_tree(tmp_path)
@@ -488,7 +375,7 @@ def test_loaders_do_not_decode_images(tmp_path, monkeypatch):
         assert "# images" in splits.summary_table()
 
 
-def test_cars_without_scipy_is_a_user_error(tmp_path, monkeypatch):
+def test_cars_without_scipy_is_a_user_error(tmp_path, monkeypatch, make_cars_tree):
     info = make_cars_tree(tmp_path)
     monkeypatch.setitem(sys.modules, "scipy.io", None)  # makes `import scipy.io` raise ImportError
     with pytest.raises(UserError, match="pip install scipy") as excinfo:

@@ -23,10 +23,9 @@ def _single_thread():
 
 
 @pytest.fixture(params=[16, 2])
-def block(request, monkeypatch):
+def block(request):
     """Run a test with the default block size of the block-minima prefilter (too big for
     these small galleries: plain top-k) and with blocks of 2 columns (prefilter used)."""
-    monkeypatch.setattr(rm, "_BLOCK", request.param)
     return request.param
 
 
@@ -42,6 +41,8 @@ def _ref_dist(qf: np.ndarray, gf: np.ndarray, metric: str) -> np.ndarray:
         qn = qf / np.linalg.norm(qf, axis=1, keepdims=True)
         gn = gf / np.linalg.norm(gf, axis=1, keepdims=True)
         return 1.0 - qn @ gn.T
+    if metric == "l1":
+        return np.abs(qf[:, None, :] - gf[None, :, :]).sum(-1)
     raise AssertionError(metric)
 
 
@@ -108,13 +109,15 @@ def _int_data(rng: np.random.Generator, n: int, d: int, n_cls: int, lo: int = -2
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("chunk_size", [7, 64, 1000])
 @pytest.mark.parametrize("topk_cap", [128, 2])
-def test_query_is_gallery_matches_bruteforce(seed, chunk_size, topk_cap, block, monkeypatch):
-    monkeypatch.setattr(rm, "_TOPK_CAP", topk_cap)  # 2: K > 2 go through the counting pass
+def test_query_is_gallery_matches_bruteforce(seed, chunk_size, topk_cap, block):
+    # topk_cap 2: K > 2 go through the counting pass
     rng = np.random.default_rng(seed)
     x, y = _int_data(rng, 150, 5, 25)
     # max K 500 > G: exact first-hit ranks; max K 20: most first hits are beyond it
     ks = (1, 2, 3, 5, 10, 40, 149, 500) if seed != 1 else (1, 3, 7, 20)
-    res = retrieval_metrics(torch.from_numpy(x), torch.from_numpy(y), ks=ks, chunk_size=chunk_size)
+    res = retrieval_metrics(
+        torch.from_numpy(x), torch.from_numpy(y), ks=ks, chunk_size=chunk_size, topk_cap=topk_cap, block_size=block
+    )
     ref = _ref_metrics(x, y, ks=ks)
     _assert_same(res, ref)
     assert res["num_skipped_query"] >= 3  # the three lone labels (random labels may add more)
@@ -124,37 +127,44 @@ def test_query_is_gallery_matches_bruteforce(seed, chunk_size, topk_cap, block, 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("chunk_size", [5, 1000])
 @pytest.mark.parametrize("topk_cap", [128, 1])
-def test_separate_gallery_matches_bruteforce(seed, chunk_size, topk_cap, block, monkeypatch):
-    monkeypatch.setattr(rm, "_TOPK_CAP", topk_cap)
+def test_separate_gallery_matches_bruteforce(seed, chunk_size, topk_cap, block):
     rng = np.random.default_rng(100 + seed)
     xq, yq = _int_data(rng, 60, 4, 12)
     xg, yg = _int_data(rng, 130, 4, 12)
     xq[:10] = xg[rng.integers(0, 130, size=10)]  # queries duplicated in the gallery
     ks = (1, 4, 16, 129, 130, 300) if seed == 0 else (1, 2, 5, 9)
-    res = retrieval_metrics(torch.from_numpy(xq), yq, torch.from_numpy(xg), yg, ks=ks, chunk_size=chunk_size)
+    res = retrieval_metrics(
+        torch.from_numpy(xq),
+        yq,
+        torch.from_numpy(xg),
+        yg,
+        ks=ks,
+        chunk_size=chunk_size,
+        topk_cap=topk_cap,
+        block_size=block,
+    )
     ref = _ref_metrics(xq, yq, xg, yg, ks=ks)
     _assert_same(res, ref)
     # query labels n_cls.. also exist once in the gallery: only absent labels are skipped
     assert res["num_skipped_query"] == ref["num_skipped_query"]
 
 
-def test_exact_fallback_in_small_batches(block, monkeypatch):
+def test_exact_fallback_in_small_batches(block):
     """Boundary ties on every row, with the exact-key fallback split into 1-row batches."""
-    monkeypatch.setattr(rm, "_EXACT_CELLS", 1)
-    monkeypatch.setattr(rm, "_TOPK_CAP", 1)
     rng = np.random.default_rng(7)
     x, y = _int_data(rng, 90, 2, 10, lo=-1, hi=1)  # 9 distinct points: ties everywhere
     ks = (1, 2, 5, 30)
     for chunk in (4, 90):
-        res = retrieval_metrics(torch.from_numpy(x), y, ks=ks, chunk_size=chunk)
+        res = retrieval_metrics(
+            torch.from_numpy(x), y, ks=ks, chunk_size=chunk, exact_cells=1, topk_cap=1, block_size=block
+        )
         _assert_same(res, _ref_metrics(x, y, ks=ks))
 
 
 @pytest.mark.parametrize("separate", [False, True])
-def test_fast_paths_without_ties(separate, block, monkeypatch):
+def test_fast_paths_without_ties(separate, block):
     """Wide-range integer features (exact distances, few ties): exercises the fast top-k
     boundary check and the fast sign-counting pass for the first-hit rank."""
-    monkeypatch.setattr(rm, "_TOPK_CAP", 1)
     rng = np.random.default_rng(21)
     x = rng.integers(-400, 401, size=(220, 8)).astype(np.float32)
     y = rng.integers(0, 30, size=220)
@@ -166,7 +176,7 @@ def test_fast_paths_without_ties(separate, block, monkeypatch):
         args = (torch.from_numpy(x), y)
         ref = _ref_metrics(x, y, ks=ks)
     for chunk in (9, 300):
-        _assert_same(retrieval_metrics(*args, ks=ks, chunk_size=chunk), ref)
+        _assert_same(retrieval_metrics(*args, ks=ks, chunk_size=chunk, topk_cap=1, block_size=block), ref)
 
 
 def test_cosine_matches_bruteforce():
@@ -192,21 +202,47 @@ def test_cosine_matches_bruteforce():
 
 
 @pytest.mark.parametrize("cap", [128, 1])
-def test_non_finite_features_rank_last(block, cap, monkeypatch):
+def test_non_finite_features_rank_last(block, cap):
     """NaN distances rank after +inf (as np.argsort); results still exact.  A NaN in a
     block of the block-minima prefilter hides that block's finite minimum."""
-    monkeypatch.setattr(rm, "_TOPK_CAP", cap)
     rng = np.random.default_rng(11)
     x, y = _int_data(rng, 300, 3, 40)
     x[rng.choice(300, size=12, replace=False), 1] = np.nan  # NaN rows: NaN distances in rows and columns
     ks = (1, 2, 8, 100)
     for chunk in (16, 300):
-        res = retrieval_metrics(torch.from_numpy(x), y, ks=ks, chunk_size=chunk)
+        res = retrieval_metrics(torch.from_numpy(x), y, ks=ks, chunk_size=chunk, topk_cap=cap, block_size=block)
         _assert_same(res, _ref_metrics(x, y, ks=ks))
     res = retrieval_metrics(
-        torch.from_numpy(x[:100]), y[:100], torch.from_numpy(x[100:]), y[100:], ks=ks, chunk_size=32
+        torch.from_numpy(x[:100]),
+        y[:100],
+        torch.from_numpy(x[100:]),
+        y[100:],
+        ks=ks,
+        chunk_size=32,
+        topk_cap=cap,
+        block_size=block,
     )
     _assert_same(res, _ref_metrics(x[:100], y[:100], x[100:], y[100:], ks=ks))
+
+
+@pytest.mark.parametrize("cap", [128, 1])
+def test_distance_fn_replaces_metric(block, cap):
+    """A custom distance from the features (L1, exact on small integers, many ties), in both
+    gallery modes: the query's own column is still excluded by index."""
+    rng = np.random.default_rng(13)
+    x, y = _int_data(rng, 140, 3, 20)
+
+    def l1(q, g):
+        assert q.dtype == torch.float32 and g.dtype == torch.float32
+        return (q[:, None, :] - g[None, :, :]).abs().sum(-1)
+
+    ks = (1, 2, 8, 60)
+    opts = {"ks": ks, "distance_fn": l1, "metric": "ignored", "topk_cap": cap, "block_size": block}
+    for chunk in (9, 200):
+        res = retrieval_metrics(torch.from_numpy(x), y, chunk_size=chunk, **opts)
+        _assert_same(res, _ref_metrics(x, y, ks=ks, metric="l1"))
+    res = retrieval_metrics(torch.from_numpy(x[:50]), y[:50], torch.from_numpy(x[50:]), y[50:], chunk_size=16, **opts)
+    _assert_same(res, _ref_metrics(x[:50], y[:50], x[50:], y[50:], ks=ks, metric="l1"))
 
 
 def test_chunk_size_does_not_change_numbers():

@@ -9,16 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from market_tree import make_market_tree
 from PIL import Image
 
 from config import load_config
 from engine.checkpoint_testing import run_test
 from engine.training import train
 
+# every test reads the outputs of a trained run
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
-def market_root(tmp_path_factory):
+def market_root(tmp_path_factory, make_market_tree):
     root = tmp_path_factory.mktemp("datasets")
     make_market_tree(root, train_ids=6, test_ids=5, images_per_id=4, cameras=3, size=(32, 16), seed=3)
     return root

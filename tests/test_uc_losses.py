@@ -313,7 +313,7 @@ def test_uc_triplet_decreases_with_learnable_feats_and_offsets(form):
 
 
 def test_uc_triplet_argument_checks():
-    assert UcTripletLoss.needs_uc is True
+    assert UcTripletLoss.inputs == ("feat", "uc")
     for kwargs in (
         {"scale": 0.0},
         {"scale": -1.0},
@@ -481,7 +481,7 @@ def test_uc_cls_decreases_on_toy_problem(form):
 
 
 def test_uc_cls_argument_checks():
-    assert UcClsHead.needs_uc is True
+    assert UcClsHead.inputs == ("neck_feat", "uc")
     head = UcClsHead(6, 3)
     assert head.weight.shape == (3, 6) and head.form == "angle" and head.scale == 16.0 and head.margin == 0.0
     for kwargs in (

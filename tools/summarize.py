@@ -47,11 +47,11 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from engine.reporting.run_files import CONFIG_FILE, METRICS_FILE, TEST_METRICS_FILE  # noqa: E402
+
 logger = logging.getLogger("summarize")
 
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-TEST_METRICS_FILE = "test_metrics.json"
 RUN_MARKERS = (CONFIG_FILE, METRICS_FILE)
 # Every run has its own OUTPUT_DIR by construction: showing it would only repeat the `run` column.
 IGNORED_KEYS = ("OUTPUT_DIR",)

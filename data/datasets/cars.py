@@ -28,13 +28,12 @@ camid -1.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from config.errors import ConfigError, UserError
-from data.datasets.market1501 import DatasetLayoutError, find_dataset_folder
+from data.datasets.common import DatasetLayoutError, FileListing, find_dataset_folder
 from data.records import DatasetSplits, Record, zero_shot_splits
 
 FOLDER_NAMES = ("cars196", "CARS196", "stanford_cars")
@@ -97,15 +96,8 @@ def read_cars_annotations(mat_path: Path) -> list[tuple[str, int]]:
 
 def _check_images_exist(folder: Path, entries: list[tuple[str, int]], mat_path: Path) -> None:
     """Every listed image is on disk (one directory listing per image folder, no per-file stat)."""
-    listings: dict[Path, set[str]] = {}
-    missing = []
-    for rel_path, _ in entries:
-        path = folder / rel_path
-        parent = path.parent
-        if parent not in listings:
-            listings[parent] = set(os.listdir(parent)) if parent.is_dir() else set()
-        if path.name not in listings[parent]:
-            missing.append(path)
+    listing = FileListing()
+    missing = [folder / rel_path for rel_path, _ in entries if not listing.exists(folder / rel_path)]
     if missing:
         more = f" (and {len(missing) - 1} more listed images)" if len(missing) > 1 else ""
         raise DatasetLayoutError(

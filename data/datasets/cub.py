@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 
 from config.errors import ConfigError
-from data.datasets.market1501 import DatasetLayoutError, find_dataset_folder
+from data.datasets.common import DatasetLayoutError, find_dataset_folder, list_images
 from data.records import DatasetSplits, Record, zero_shot_splits
 
 FOLDER_NAMES = ("CUB_200_2011", "cub-200-2011")
@@ -65,11 +65,7 @@ def _class_folders(images: Path) -> list[tuple[int, Path]]:
 
 
 def _folder_images(folder: Path, label: int) -> list[Record]:
-    return [
-        Record(str(path), label, -1)
-        for path in sorted(folder.iterdir(), key=lambda p: p.name)
-        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("._") and path.is_file()
-    ]
+    return [Record(path, label, -1) for path in list_images(folder, IMAGE_SUFFIXES)]
 
 
 def load_cub(root_dir: str | Path, combine_all: bool = False, **_) -> DatasetSplits:

@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from config.errors import ConfigError
-from data.datasets.market1501 import DatasetLayoutError
+from data.datasets.common import DatasetLayoutError, FileListing, list_images
 from data.records import DatasetSplits, Record, relabel
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -81,24 +81,6 @@ unknown; split train, query or gallery; without a split column the classes are s
 DATASETS.SPLIT_RATIO)"""
 
 
-class _Listing:
-    """Existence checks by one directory listing per folder (cheap for many files, nothing opened)."""
-
-    def __init__(self) -> None:
-        self._names: dict[Path, set[str]] = {}
-
-    def exists(self, path: Path) -> bool:
-        names = self._names.get(path.parent)
-        if names is None:
-            try:
-                names = set(os.listdir(path.parent))
-            except OSError:
-                names = set()
-            self._names[path.parent] = names
-        # Fall back to a stat for what a listing cannot match (case-insensitive file systems, '..').
-        return path.name in names or path.is_file()
-
-
 def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
@@ -113,8 +95,7 @@ def _class_images(folder: Path, notes: list[str]) -> dict[str, list[str]]:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            with os.scandir(entry.path) as files:
-                images = sorted(f.path for f in files if f.is_file() and _is_image_name(f.name))
+            images = list_images(entry.path, IMAGE_SUFFIXES, hidden_prefix=".")
             if images:
                 classes[entry.name] = images
             else:
@@ -140,8 +121,9 @@ def _check_ratio_and_seed(split_ratio: float, seed: int) -> None:
         raise ConfigError(f"SEED = {seed!r} is not valid for the class split; expected an integer >= 0")
 
 
-def split_classes(labels: list[int], split_ratio: float, seed: int, where: str,
-                  expected: str, notes: list[str]) -> tuple[set[int], set[int]]:
+def split_classes(
+    labels: list[int], split_ratio: float, seed: int, where: str, expected: str, notes: list[str]
+) -> tuple[set[int], set[int]]:
     """Class-disjoint split: sorted labels, shuffled with `seed`; the first round(ratio * C) train."""
     _check_ratio_and_seed(split_ratio, seed)
     classes = sorted(labels)
@@ -168,8 +150,9 @@ def _require_root(root: Path) -> None:
         )
 
 
-def load_folder(root_dir: str | Path, split_ratio: float = 0.5, seed: int = 0, combine_all: bool = False,
-                **_) -> DatasetSplits:
+def load_folder(
+    root_dir: str | Path, split_ratio: float = 0.5, seed: int = 0, combine_all: bool = False, **_
+) -> DatasetSplits:
     """An image tree at `root_dir`: train/query/gallery split folders ('reid'), or class folders only
     (class-disjoint split by `split_ratio` and `seed`, 'retrieval'). See the module docstring."""
     root = Path(root_dir)
@@ -196,12 +179,19 @@ def load_folder(root_dir: str | Path, split_ratio: float = 0.5, seed: int = 0, c
         if unmatched:
             notes.append(
                 f"{len(unmatched)} query class(es) have no gallery images and will be skipped in evaluation: "
-                + ", ".join(unmatched[:5]) + (", ..." if len(unmatched) > 5 else "")
+                + ", ".join(unmatched[:5])
+                + (", ..." if len(unmatched) > 5 else "")
             )
         train = records["train"] + records["query"] + records["gallery"] if combine_all else records["train"]
         return DatasetSplits(
-            name="folder", train=relabel(train), query=records["query"], gallery=records["gallery"],
-            protocol="reid", query_is_gallery=False, recall_ks=REID_KS, notes=notes,
+            name="folder",
+            train=relabel(train),
+            query=records["query"],
+            gallery=records["gallery"],
+            protocol="reid",
+            query_is_gallery=False,
+            recall_ks=REID_KS,
+            notes=notes,
         )
     if combine_all:
         raise ConfigError(
@@ -217,8 +207,14 @@ def load_folder(root_dir: str | Path, split_ratio: float = 0.5, seed: int = 0, c
         label = index[name]
         (train if label in train_ids else test).extend(Record(p, label, -1) for p in classes[name])
     return DatasetSplits(
-        name="folder", train=relabel(train), query=test, gallery=test, protocol="retrieval",
-        query_is_gallery=True, recall_ks=RETRIEVAL_KS, notes=notes,
+        name="folder",
+        train=relabel(train),
+        query=test,
+        gallery=test,
+        protocol="retrieval",
+        query_is_gallery=True,
+        recall_ks=RETRIEVAL_KS,
+        notes=notes,
     )
 
 
@@ -231,8 +227,9 @@ def _parse_label_map(raw: list[str]) -> dict[str, int]:
         return {value: i for i, value in enumerate(distinct)}
 
 
-def load_csv(csv_file: str | Path, split_ratio: float = 0.5, seed: int = 0, combine_all: bool = False,
-             **_) -> DatasetSplits:
+def load_csv(
+    csv_file: str | Path, split_ratio: float = 0.5, seed: int = 0, combine_all: bool = False, **_
+) -> DatasetSplits:
     """Images listed in a CSV file (columns path,label[,camid][,split]); see the module docstring."""
     if not str(csv_file).strip():
         raise DatasetLayoutError(f"DATASETS.CSV_FILE is empty; set it to the CSV file to read; {CSV_EXPECTED}")
@@ -299,7 +296,7 @@ def load_csv(csv_file: str | Path, split_ratio: float = 0.5, seed: int = 0, comb
     if not rows:
         raise DatasetLayoutError(f"{csv_path} has a header but no rows; {CSV_EXPECTED}")
 
-    listing = _Listing()
+    listing = FileListing()
     missing = [(line, base / path) for line, path, *_rest in rows if not listing.exists(base / path)]
     if missing:
         shown = "; ".join(f"line {line}: {p}" for line, p in missing[:3])
@@ -322,9 +319,14 @@ def load_csv(csv_file: str | Path, split_ratio: float = 0.5, seed: int = 0, comb
         has_cameras = any(r.camid >= 0 for r, _ in records)
         train = by_split["train"] + by_split["query"] + by_split["gallery"] if combine_all else by_split["train"]
         return DatasetSplits(
-            name="csv", train=relabel(train), query=by_split["query"], gallery=by_split["gallery"],
-            protocol="reid" if has_cameras else "retrieval", query_is_gallery=False,
-            recall_ks=REID_KS if has_cameras else RETRIEVAL_KS, notes=notes,
+            name="csv",
+            train=relabel(train),
+            query=by_split["query"],
+            gallery=by_split["gallery"],
+            protocol="reid" if has_cameras else "retrieval",
+            query_is_gallery=False,
+            recall_ks=REID_KS if has_cameras else RETRIEVAL_KS,
+            notes=notes,
         )
     if combine_all:
         raise ConfigError(
@@ -337,6 +339,12 @@ def load_csv(csv_file: str | Path, split_ratio: float = 0.5, seed: int = 0, comb
     train = [r for r, _ in records if r.label in train_ids]
     test = [r for r, _ in records if r.label not in train_ids]
     return DatasetSplits(
-        name="csv", train=relabel(train), query=test, gallery=test, protocol="retrieval",
-        query_is_gallery=True, recall_ks=RETRIEVAL_KS, notes=notes,
+        name="csv",
+        train=relabel(train),
+        query=test,
+        gallery=test,
+        protocol="retrieval",
+        query_is_gallery=True,
+        recall_ks=RETRIEVAL_KS,
+        notes=notes,
     )

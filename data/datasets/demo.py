@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data.datasets.market1501 import DatasetLayoutError, load_market_layout
+from data.datasets.common import DatasetLayoutError
+from data.datasets.market1501 import load_market_layout
 from data.demo_generator import ensure_demo_market
 from data.records import DatasetSplits
 

@@ -21,11 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from data.datasets import market1501
-from data.datasets.market1501 import (
-    DatasetLayoutError,
-    find_dataset_folder,
-    load_market_layout,
-)
+from data.datasets.common import DatasetLayoutError, find_dataset_folder
+from data.datasets.market1501 import load_market_layout
 from data.records import DatasetSplits
 
 FOLDER_NAMES = ("dukemtmc-reid/DukeMTMC-reID", "DukeMTMC-reID")

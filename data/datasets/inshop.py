@@ -30,7 +30,7 @@ import re
 from pathlib import Path
 
 from config.errors import ConfigError
-from data.datasets.market1501 import DatasetLayoutError, find_dataset_folder
+from data.datasets.common import DatasetLayoutError, find_dataset_folder
 from data.records import DatasetSplits, Record, relabel
 
 FOLDER_NAMES = ("Inshop_Clothes", "In-shop", "inshop")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from config.errors import UserError
+from data.datasets.common import DatasetLayoutError, find_dataset_folder
 from data.records import DatasetSplits, Record, relabel
 
 FOLDER_NAMES = ("market1501", "Market-1501-v15.09.15")
@@ -23,22 +23,8 @@ EXPECTED_TREE = """expected layout:
       bounding_box_test/0001_c1s1_000151_01.jpg ..."""
 
 
-class DatasetLayoutError(UserError):
-    """A dataset folder is missing or does not have the expected layout."""
-
-
-def find_dataset_folder(root_dir: str | Path, names: tuple[str, ...], dataset: str, expected: str) -> Path:
-    """The first of `names` that exists under `root_dir`, or a DatasetLayoutError listing what was looked for."""
-    root_dir = Path(root_dir)
-    for name in names:
-        if (root_dir / name).is_dir():
-            return root_dir / name
-    looked = ", ".join(str(root_dir / n) for n in names)
-    raise DatasetLayoutError(f"{dataset} not found: looked for {looked} (DATASETS.ROOT_DIR = {root_dir}); {expected}")
-
-
-def read_market_folder(folder: Path, keep_junk: bool = False) -> list[Record]:
-    """Records of one Market-style folder; camera ids 0-based; junk (-1) dropped unless asked."""
+def read_market_folder(folder: Path) -> list[Record]:
+    """Records of one Market-style folder; camera ids 0-based; junk (-1) dropped."""
     if not folder.is_dir():
         raise DatasetLayoutError(f"missing folder {folder}; {EXPECTED_TREE}")
     records = []
@@ -52,7 +38,7 @@ def read_market_folder(folder: Path, keep_junk: bool = False) -> list[Record]:
                 "expected Market-1501 names like 0002_c1s1_000451_03.jpg"
             )
         pid, cam = int(match.group(1)), int(match.group(2))
-        if pid == -1 and not keep_junk:
+        if pid == -1:
             continue
         if cam < 1:
             raise DatasetLayoutError(f"camera number 0 in {path}; Market-1501 cameras are numbered from 1")

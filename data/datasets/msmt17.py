@@ -45,7 +45,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from data.datasets.market1501 import DatasetLayoutError, find_dataset_folder
+from data.datasets.common import DatasetLayoutError, FileListing, find_dataset_folder, list_images
 from data.records import DatasetSplits, Record, relabel
 
 FOLDER_NAMES = ("msmt17/MSMT17_V1", "msmt17/MSMT17_V2", "MSMT17_V1", "MSMT17_V2")
@@ -73,23 +73,6 @@ EXPECTED_TREE = """expected layout (one of):
       <dataset folder>/train/<pid>/<image>  query/<pid>/<image>  gallery/<pid>/<image>"""
 
 
-class _Listing:
-    """Existence checks by one directory listing per folder (cheap for 100k+ files, nothing opened)."""
-
-    def __init__(self) -> None:
-        self._names: dict[Path, set[str]] = {}
-
-    def exists(self, path: Path) -> bool:
-        names = self._names.get(path.parent)
-        if names is None:
-            try:
-                names = set(os.listdir(path.parent))
-            except OSError:
-                names = set()
-            self._names[path.parent] = names
-        return path.name in names
-
-
 def parse_camera(file_name: str, where: str) -> int:
     """0-based camera of an MSMT17 file name (third '_' field, 1-based on disk)."""
     fields = Path(file_name).name.split("_")
@@ -101,7 +84,7 @@ def parse_camera(file_name: str, where: str) -> int:
     return int(fields[2]) - 1
 
 
-def _read_list(list_file: Path, image_dir: Path, listing: _Listing) -> list[Record]:
+def _read_list(list_file: Path, image_dir: Path, listing: FileListing) -> list[Record]:
     records: list[Record] = []
     missing: list[tuple[int, Path]] = []
     with open(list_file, encoding="utf-8") as handle:
@@ -150,9 +133,8 @@ def _read_pid_folders(split_dir: Path) -> list[Record]:
                 f"like {split_dir / '0000'}; {EXPECTED_TREE}"
             )
         pid = int(pid_dir.name)
-        for path in sorted(pid_dir.iterdir(), key=lambda p: p.name):
-            if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("._"):
-                records.append(Record(str(path), pid, parse_camera(path.name, str(path))))
+        for path in list_images(pid_dir, IMAGE_SUFFIXES):
+            records.append(Record(path, pid, parse_camera(os.path.basename(path), path)))
     if not records:
         raise DatasetLayoutError(f"no images found in {split_dir}; {EXPECTED_TREE}")
     return records
@@ -163,8 +145,7 @@ def _load_lists(folder: Path) -> tuple[list[Record], list[Record], list[Record],
     missing = [str(p) for p in lists.values() if not p.is_file()]
     if missing:
         raise DatasetLayoutError(
-            f"MSMT17 list file(s) missing: {', '.join(missing)} (the official archives ship all four); "
-            f"{EXPECTED_TREE}"
+            f"MSMT17 list file(s) missing: {', '.join(missing)} (the official archives ship all four); {EXPECTED_TREE}"
         )
     for train_name, test_name in IMAGE_FOLDERS:
         if (folder / train_name).is_dir() and (folder / test_name).is_dir():
@@ -173,7 +154,7 @@ def _load_lists(folder: Path) -> tuple[list[Record], list[Record], list[Record],
         looked = ", ".join(f"{folder / a} + {folder / b}" for a, b in IMAGE_FOLDERS)
         raise DatasetLayoutError(f"MSMT17 image folders not found: looked for {looked}; {EXPECTED_TREE}")
     train_dir, test_dir = folder / train_name, folder / test_name
-    listing = _Listing()
+    listing = FileListing()
     train = _read_list(lists["train"], train_dir, listing) + _read_list(lists["val"], train_dir, listing)
     query = _read_list(lists["query"], test_dir, listing)
     gallery = _read_list(lists["gallery"], test_dir, listing)

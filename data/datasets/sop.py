@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from config.errors import ConfigError
-from data.datasets.market1501 import DatasetLayoutError, find_dataset_folder
+from data.datasets.common import DatasetLayoutError, find_dataset_folder
 from data.records import DatasetSplits, Record, zero_shot_splits
 
 FOLDER_NAMES = ("Stanford_Online_Products", "sop")

@@ -26,20 +26,19 @@ Protocols (``TEST.VEHICLEID_PROTOCOL``), both with Recall@1 and @5:
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 
+from config.choices import VEHICLEID_PROTOCOLS, VEHICLEID_SIZES
 from config.errors import ConfigError, check_choice
-from data.datasets.market1501 import DatasetLayoutError, find_dataset_folder
+from data.datasets.common import DatasetLayoutError, FileListing, find_dataset_folder
 from data.records import DatasetSplits, Record, relabel
 
 FOLDER_NAMES = ("VehicleID_V1.0", "vehicle-id/VehicleID_V1.0")
 TEST_LISTS = {"small": "test_list_800.txt", "medium": "test_list_1600.txt", "large": "test_list_2400.txt"}
-PROTOCOLS = ("retrieval", "reid")
 RECALL_KS = (1, 5)
 EXPECTED_TREE = """expected layout:
   <ROOT_DIR>/VehicleID_V1.0/          (or <ROOT_DIR>/vehicle-id/VehicleID_V1.0/)
@@ -50,7 +49,7 @@ EXPECTED_TREE = """expected layout:
       train_test_split/test_list_2400.txt    (large)"""
 
 
-def _read_list(list_file: Path, image_dir: Path, names_on_disk: set[str]) -> list[Record]:
+def _read_list(list_file: Path, image_dir: Path, listing: FileListing) -> list[Record]:
     if not list_file.is_file():
         raise DatasetLayoutError(f"missing list file {list_file}; {EXPECTED_TREE}")
     records: list[Record] = []
@@ -63,12 +62,11 @@ def _read_list(list_file: Path, image_dir: Path, names_on_disk: set[str]) -> lis
             parts = line.split()
             if len(parts) != 2 or not parts[1].isdigit():
                 raise DatasetLayoutError(
-                    f"{list_file}, line {lineno}: expected '<image name> <vehicle id>', e.g. '0001083 1', "
-                    f"got {line!r}"
+                    f"{list_file}, line {lineno}: expected '<image name> <vehicle id>', e.g. '0001083 1', got {line!r}"
                 )
             name = parts[0] if parts[0].lower().endswith(".jpg") else parts[0] + ".jpg"
             path = image_dir / name
-            if name not in names_on_disk:
+            if not listing.exists(path):
                 missing.append((lineno, path))
             records.append(Record(str(path), int(parts[1]), -1))
     if missing:
@@ -97,16 +95,23 @@ def draw_reid_trial(test: list[Record], rng: np.random.Generator) -> tuple[list[
     return query, gallery
 
 
-def load_vehicleid(root_dir: str | Path, test_size: str = "small", protocol: str = "retrieval",
-                   trials: int = 10, seed: int = 0, combine_all: bool = False, **_) -> DatasetSplits:
+def load_vehicleid(
+    root_dir: str | Path,
+    test_size: str = "small",
+    protocol: str = "retrieval",
+    trials: int = 10,
+    seed: int = 0,
+    combine_all: bool = False,
+    **_,
+) -> DatasetSplits:
     """VehicleID under `root_dir` (VehicleID_V1.0/ or vehicle-id/VehicleID_V1.0/).
 
     test_size: 'small' | 'medium' | 'large' (TEST.VEHICLEID_SIZE); protocol: 'retrieval' | 'reid'
     (TEST.VEHICLEID_PROTOCOL); trials and seed: the 'reid' gallery draws (TEST.VEHICLEID_TRIALS, SEED).
     `combine_all` must stay False (the test vehicles are never trained on).
     """
-    check_choice("TEST.VEHICLEID_SIZE", test_size, tuple(TEST_LISTS))
-    check_choice("TEST.VEHICLEID_PROTOCOL", protocol, PROTOCOLS)
+    check_choice("TEST.VEHICLEID_SIZE", test_size, VEHICLEID_SIZES)
+    check_choice("TEST.VEHICLEID_PROTOCOL", protocol, VEHICLEID_PROTOCOLS)
     if protocol == "reid":
         if isinstance(trials, bool) or not isinstance(trials, Integral) or trials < 1:
             raise ConfigError(f"TEST.VEHICLEID_TRIALS = {trials!r} is not valid; expected an integer >= 1")
@@ -121,16 +126,22 @@ def load_vehicleid(root_dir: str | Path, test_size: str = "small", protocol: str
     image_dir = folder / "image"
     if not image_dir.is_dir():
         raise DatasetLayoutError(f"missing folder {image_dir}; {EXPECTED_TREE}")
-    names_on_disk = set(os.listdir(image_dir))
+    listing = FileListing()
     split_dir = folder / "train_test_split"
-    train = _read_list(split_dir / "train_list.txt", image_dir, names_on_disk)
-    test = _read_list(split_dir / TEST_LISTS[test_size], image_dir, names_on_disk)
+    train = _read_list(split_dir / "train_list.txt", image_dir, listing)
+    test = _read_list(split_dir / TEST_LISTS[test_size], image_dir, listing)
     name = "vehicleid"
     notes = [f"vehicleid: test list {TEST_LISTS[test_size]} ({test_size}), protocol {protocol}"]
     if protocol == "retrieval":
         return DatasetSplits(
-            name=name, train=relabel(train), query=test, gallery=test, protocol="retrieval",
-            query_is_gallery=True, recall_ks=RECALL_KS, notes=notes,
+            name=name,
+            train=relabel(train),
+            query=test,
+            gallery=test,
+            protocol="retrieval",
+            query_is_gallery=True,
+            recall_ks=RECALL_KS,
+            notes=notes,
         )
     draws = [draw_reid_trial(test, np.random.default_rng([int(seed), t])) for t in range(int(trials))]
     counts = Counter(r.label for r in test)
@@ -139,6 +150,13 @@ def load_vehicleid(root_dir: str | Path, test_size: str = "small", protocol: str
     if singles:
         notes.append(f"vehicleid: {singles} test id(s) with a single image are in the gallery only")
     return DatasetSplits(
-        name=name, train=relabel(train), query=draws[0][0], gallery=draws[0][1], protocol="reid",
-        query_is_gallery=False, recall_ks=RECALL_KS, extra_trials=draws[1:], notes=notes,
+        name=name,
+        train=relabel(train),
+        query=draws[0][0],
+        gallery=draws[0][1],
+        protocol="reid",
+        query_is_gallery=False,
+        recall_ks=RECALL_KS,
+        extra_trials=draws[1:],
+        notes=notes,
     )

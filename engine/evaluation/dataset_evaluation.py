@@ -15,23 +15,39 @@ from ignite.engine import Engine
 from ignite.metrics import Metric
 from torch import nn
 
+from config.choices import DIST_METRICS, NECK_FEATS, YES_NO
 from config.errors import check_choice
 from engine.evaluation.protocol import EvalSpec, evaluate_embeddings
-from engine.evaluation.reid_metrics import VALID_METRICS
 from engine.run.precision import Precision
 
 
-def build_extractor(model: nn.Module, precision: Precision, device: torch.device, neck_feat: str) -> Engine:
-    """An Engine whose output per batch is the embedding (fp32) with labels, cameras and dataset indices."""
-    check_choice("TEST.NECK_FEAT", neck_feat, ("after", "before"))
+def build_extractor(
+    model: nn.Module, precision: Precision, device: torch.device, neck_feat: str, flip: str = "no"
+) -> Engine:
+    """An Engine whose output per batch is the embedding (fp32) with labels, cameras and dataset indices.
+
+    flip 'yes' (TEST.FLIP): the embedding, and the uncertainty offset of a model with NAMA's head, is the mean
+    of those of the image and of its horizontal mirror; normalisation (TEST.FEAT_NORM) comes later, in the metric.
+    """
+    check_choice("TEST.NECK_FEAT", neck_feat, NECK_FEATS)
+    check_choice("TEST.FLIP", flip, YES_NO)
     key = "neck_feat" if neck_feat == "after" else "feat"
+
+    def embed(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with precision.autocast():
+            outputs = model(images)
+        return outputs[key].float(), outputs["uc"].float() if "uc" in outputs else None
 
     @torch.no_grad()
     def step(engine: Engine, batch: dict) -> dict:
         model.eval()
-        with precision.autocast():
-            outputs = model(batch["image"].to(device, non_blocking=True))
-        feats = outputs[key].float()
+        images = batch["image"].to(device, non_blocking=True)
+        feats, uc = embed(images)
+        if flip == "yes":
+            # a second pass rather than one batch of twice the size: the same peak memory as without flip
+            mirror_feats, mirror_uc = embed(torch.flip(images, dims=[3]))
+            feats = (feats + mirror_feats) / 2
+            uc = (uc + mirror_uc) / 2 if uc is not None else None
         return {
             "feats": feats,
             "labels": batch["label"].to(device),
@@ -40,7 +56,7 @@ def build_extractor(model: nn.Module, precision: Precision, device: torch.device
             # what rank pictures and TEST.NORM_K need: the embedding's norm before any normalisation, and
             # the uncertainty head's offset u (0 without a head)
             "norms": feats.norm(dim=1),
-            "uc": outputs["uc"].float() if "uc" in outputs else feats.new_zeros(len(feats)),
+            "uc": uc if uc is not None else feats.new_zeros(len(feats)),
         }
 
     return Engine(step)
@@ -72,7 +88,7 @@ class EmbeddingMetric(Metric):
     def __init__(
         self, spec: EvalSpec, feat_norm: bool = True, device: torch.device | str = "cpu", keep_embeddings: bool = False
     ):
-        check_choice("TEST.DIST_METRIC", spec.dist_metric, VALID_METRICS)
+        check_choice("TEST.DIST_METRIC", spec.dist_metric, DIST_METRICS)
         self.spec = spec
         self.feat_norm = feat_norm
         # test.py's rank pictures and ranked lists read the scored embeddings afterwards; training does not,
@@ -124,8 +140,8 @@ def build_evaluator(
     cfg, model: nn.Module, precision: Precision, device: torch.device, spec: EvalSpec, keep_embeddings: bool = False
 ) -> tuple[Engine, EmbeddingMetric]:
     """Extractor engine with the EmbeddingMetric of `spec` attached as 'eval' (its keys also land in state.metrics)."""
-    check_choice("TEST.FEAT_NORM", cfg.TEST.FEAT_NORM, ("yes", "no"))
-    evaluator = build_extractor(model, precision, device, cfg.TEST.NECK_FEAT)
+    check_choice("TEST.FEAT_NORM", cfg.TEST.FEAT_NORM, YES_NO)
+    evaluator = build_extractor(model, precision, device, cfg.TEST.NECK_FEAT, cfg.TEST.FLIP)
     metric = EmbeddingMetric(
         spec, feat_norm=cfg.TEST.FEAT_NORM == "yes", device=device, keep_embeddings=keep_embeddings
     )

@@ -16,13 +16,14 @@ def row_sq_norms(x: torch.Tensor, block: int = ROW_BLOCK) -> torch.Tensor:
     return out
 
 
-def check_feature_pair(query_feats: torch.Tensor, gallery_feats: torch.Tensor) -> None:
-    """ValueError unless both are 2-D (N, D) with the same D on the same device."""
+def check_feature_pair(query_feats: torch.Tensor, gallery_feats: torch.Tensor, same_width: bool = True) -> None:
+    """ValueError unless both are 2-D (N, D) on the same device, with the same D when ``same_width``
+    (a custom distance function may compare features of different widths)."""
     if query_feats.dim() != 2 or gallery_feats.dim() != 2:
         raise ValueError(
             f"features must be 2-D (N, D), got shapes {tuple(query_feats.shape)} and {tuple(gallery_feats.shape)}"
         )
-    if query_feats.shape[1] != gallery_feats.shape[1]:
+    if same_width and query_feats.shape[1] != gallery_feats.shape[1]:
         raise ValueError(f"feature dimensions differ: query {query_feats.shape[1]} vs gallery {gallery_feats.shape[1]}")
     if query_feats.device != gallery_feats.device:
         raise ValueError(f"query_feats is on {query_feats.device} but gallery_feats is on {gallery_feats.device}")

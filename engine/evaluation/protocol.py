@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from config.choices import TEST_PROTOCOLS, YES_NO
 from config.errors import ConfigError, check_choice
 from data.records import DatasetSplits
-
-PROTOCOLS = ("auto", "reid", "retrieval")
 
 
 @dataclass
@@ -60,8 +59,8 @@ def _trial_indices(splits: DatasetSplits) -> list[tuple[np.ndarray, np.ndarray]]
 
 def build_eval_spec(cfg, splits: DatasetSplits) -> EvalSpec:
     """The scoring of `splits` under TEST.* (protocol override, K list, NMI, re-ranking)."""
-    check_choice("TEST.PROTOCOL", cfg.TEST.PROTOCOL, PROTOCOLS)
-    check_choice("TEST.RE_RANKING", cfg.TEST.RE_RANKING, ("yes", "no"))
+    check_choice("TEST.PROTOCOL", cfg.TEST.PROTOCOL, TEST_PROTOCOLS)
+    check_choice("TEST.RE_RANKING", cfg.TEST.RE_RANKING, YES_NO)
     protocol = splits.protocol if cfg.TEST.PROTOCOL == "auto" else cfg.TEST.PROTOCOL
     if protocol == "reid" and splits.query_is_gallery:
         raise ConfigError(
@@ -167,7 +166,9 @@ def _reid(spec: EvalSpec, feats, labels, camids, q, g, uc=None) -> dict:
         from engine.evaluation.reranking import rerank_and_evaluate
 
         k1, k2, lam = spec.re_ranking
-        result = rerank_and_evaluate(*args, k1=k1, k2=k2, lambda_value=lam, max_rank=spec.max_rank)
+        result = rerank_and_evaluate(
+            *args, k1=k1, k2=k2, lambda_value=lam, max_rank=spec.max_rank, **spec.chunk_kwargs()
+        )
     else:
         distance_fn = uncertainty_distance(_take(uc, g), spec.norm_k) if spec.norm_k != 0 else None
         result = reid_metrics(

@@ -11,7 +11,9 @@ For every query ``q`` the *valid gallery* is the whole gallery minus the
 "junk" items, i.e. the items that have the same identity **and** the same
 camera as ``q`` (camera id ``-1`` means "no camera information"; such items are
 never removed for camera reasons).  The valid gallery is ranked by ascending
-distance to ``q``; exact ties are broken by gallery index (a stable sort).
+distance to ``q``; exact ties are broken by gallery index (a stable sort), and
+a NaN distance ranks after ``+inf`` whatever its sign bit (the order rule of
+:mod:`engine.evaluation.ranking`, shared by every ranker of the engine).
 A *true match* is a valid gallery item with the same identity as ``q``.
 Queries without any true match are skipped: they are not counted in any mean,
 and their number is reported.
@@ -36,7 +38,9 @@ Only the ranks ``r_j`` of the (few) true matches are needed, and
 ever fully sorted (on CPU a full sort of the distance block costs more than
 the matrix product itself).  Per chunk of queries:
 
-1. the ``(chunk, G)`` fp32 distance block is one matrix product;
+1. the ``(chunk, G)`` fp32 distance block comes from the distance-block provider
+   of :mod:`engine.evaluation.ranking` (one matrix product for a built-in metric),
+   or is given (:func:`reid_metrics_from_distances`, e.g. re-ranked distances);
 2. the same-identity items of each query (true matches and junk) are listed
    sparsely from a pid-sorted gallery index, never via a dense mask;
 3. every distance is mapped to one of ``B`` equal-width bins spanning its
@@ -44,8 +48,9 @@ the matrix product itself).  Per chunk of queries:
    smaller distance); a per-row histogram and its cumulative sum give, for
    each true match, the number of non-matching items in lower bins;
 4. the few items sharing a bin with a true match are compared exactly with the
-   match using the integer key ``(order-preserving bits of the fp32 distance,
-   gallery index)``, which is exactly the stable sort order.
+   match using the order key of :mod:`engine.evaluation.ranking`
+   (``ordered_bits(distance) * 2**32 + gallery index``), which is exactly the
+   order rule: ascending distance, ties by gallery index, NaN last.
 
 If a distance block holds non-finite values, a fallback computes the same
 counts with a batched ``searchsorted`` of every item's exact key among the
@@ -56,67 +61,36 @@ numbers whenever they produce the same distances.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from engine.evaluation.feature_ops import row_sq_norms
+from engine.evaluation.ranking import (
+    INT64_MAX,
+    VALID_METRICS,
+    DistanceBlocks,
+    DistanceFn,
+    DistanceSource,
+    FeatureDistances,
+    IdArray,
+    as_distance_blocks,
+    as_id_tensor,
+    order_keys,
+)
 
-__all__ = ["reid_metrics", "VALID_METRICS"]
+__all__ = ["reid_metrics", "reid_metrics_from_distances", "VALID_METRICS", "IdArray", "DistanceFn"]
 
-#: Built-in distance metrics accepted by :func:`reid_metrics`.
-VALID_METRICS: tuple[str, ...] = ("euclidean", "cosine")
-
-IdArray = torch.Tensor | np.ndarray | Sequence[int]
-DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-_INT64_MAX = torch.iinfo(torch.int64).max
-_NORM_EPS = 1e-12
-# Gallery rows processed at once when computing gallery norms (bounds the
-# temporary used for the squared features).
 # Histogram bins per query row: about G / 8, a power of two in [16, 4096]; and
 # chunk * bins stays below 2**22 so that fp32 bin coordinates are exact enough.
 _MIN_BINS, _MAX_BINS, _MAX_CELLS = 16, 4096, 2**22
-# Set to False to always use the searchsorted path (used by the tests).
-_USE_BINNING = True
 
 
 # ---------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------
-def _as_id_tensor(ids: IdArray, n: int, name: str, device: torch.device) -> torch.Tensor:
-    """Convert pids/camids (tensor, ndarray or list of ints) to an int64 tensor."""
-    if isinstance(ids, torch.Tensor):
-        t = ids.detach()
-    else:
-        arr = np.asarray(ids)
-        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_)):
-            raise TypeError(f"{name} must contain integers, got dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-    if t.is_floating_point() or t.is_complex():
-        raise TypeError(f"{name} must contain integers, got dtype {t.dtype}")
-    t = t.reshape(-1)
-    if t.numel() != n:
-        raise ValueError(f"{name} has {t.numel()} entries, expected {n}")
-    return t.to(device=device, dtype=torch.int64)
-
-
-def _exact_keys(dist_values: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
-    """Exact int64 sort keys of fp32 distances: ``ordered_bits(d) * 2**32 + index``.
-
-    ``ordered_bits`` maps fp32 to int32 monotonically (``-0.0`` and ``+0.0``
-    share a key), so ascending keys == ascending distance with ties broken by
-    gallery index, i.e. the stable sort order.  Works for any shape.
-    """
-    bits = dist_values.contiguous().view(torch.int32).to(torch.int64)
-    # A negative float with raw bits b (sign bit set) has magnitude bits b + 2**31.
-    bits = torch.where(bits < 0, -bits - 2**31, bits)
-    return torch.add(gallery_index, bits, alpha=2**32)
-
-
 def _num_bins(num_gallery: int, chunk: int) -> int:
+    """Histogram bins per row for a ``(chunk, G)`` block (see the constants above)."""
     b = 1 << max(0, (max(num_gallery // 8, 1) - 1).bit_length())
     b = min(max(b, _MIN_BINS), _MAX_BINS)
     while b > 4 and chunk * b > _MAX_CELLS:
@@ -206,7 +180,7 @@ def _count_before_binned(
     e_idx, e_rows, e_cols = e_idx[keep], e_rows[keep], e_cols[keep]
     if e_idx.numel() == 0:
         return before
-    e_keys = _exact_keys(dist.view(-1)[e_idx], e_cols)
+    e_keys = order_keys(dist.view(-1)[e_idx], e_cols)
     e_cells = cell_flat[e_idx].long()
     # #E lexicographically (row, key) before a match, minus #E in lower cells,
     # = #E in the match's cell with a smaller key (cells are monotone in keys).
@@ -242,11 +216,11 @@ def _count_before_search(
     # True-match keys in a padded (c, k_max) table, sorted per row.
     first = torch.cumsum(num_matches, 0) - num_matches
     slot = torch.arange(t_rows.numel(), device=dev) - first[t_rows]
-    mkeys = torch.full((c, k_max), _INT64_MAX, dtype=torch.int64, device=dev)
+    mkeys = torch.full((c, k_max), INT64_MAX, dtype=torch.int64, device=dev)
     mkeys[t_rows, slot] = t_keys
     mkeys = mkeys.sort(dim=1).values
     nb = k_max + 1
-    keys = _exact_keys(dist, gidx)
+    keys = order_keys(dist, gidx)
     pos = torch.searchsorted(mkeys, keys, out_int32=True)  # #matches before each item
     del keys
     pos.add_(torch.arange(0, c * nb, nb, dtype=torch.int32, device=dev).unsqueeze(1))
@@ -269,12 +243,14 @@ def _chunk_ranks(
     gidx: torch.Tensor,
     work_f: torch.Tensor,
     work_i: torch.Tensor,
+    use_binning: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ranks of the true matches of every query of a chunk, in its valid list.
 
     Returns numpy ``(num_matches (c,), rows (M,), ranks (M,))``: for each of the
     ``M`` true matches of the chunk, its query row and its 1-based rank in that
-    query's valid ranked list.
+    query's valid ranked list.  ``use_binning=False`` skips the binned
+    counting and always takes the searchsorted path (same numbers).
     """
     c = dist.shape[0]
     dev = dist.device
@@ -285,11 +261,11 @@ def _chunk_ranks(
     if t_rows.numel() == 0:
         empty = np.zeros(0, dtype=np.int64)
         return num_matches.cpu().numpy(), empty, empty
-    same_keys = _exact_keys(dist[same_rows, same_cols], same_cols)
+    same_keys = order_keys(dist[same_rows, same_cols], same_cols)
     t_keys = same_keys[is_true]
 
     before = None
-    if _USE_BINNING:
+    if use_binning:
         before = _count_before_binned(dist, qpids, gpids, same_rows, same_cols, t_rows, t_cols, t_keys, work_f, work_i)
     if before is None:
         before = _count_before_search(dist, gidx, same_rows, same_keys, t_rows, t_keys)
@@ -317,6 +293,65 @@ def _pair_ids(
     return q_ids, g_ids
 
 
+class _RunState:
+    """Per-evaluation tensors on the device of the distance blocks (known once the first block exists)."""
+
+    def __init__(self, ids: tuple[torch.Tensor, ...], device: torch.device, chunk_rows: int, num_gallery: int) -> None:
+        self.qpids, self.gpids, qcams, gcams = (t.to(device) for t in ids)
+        self.q_pc, self.g_pc = _pair_ids(self.qpids, self.gpids, qcams, gcams)
+        self.same_index = _SameIdIndex(self.gpids)
+        self.gidx = torch.arange(num_gallery, dtype=torch.int64, device=device)
+        self.work_f = torch.empty((chunk_rows, num_gallery), dtype=torch.float32, device=device)
+        self.work_i = torch.empty((chunk_rows, num_gallery), dtype=torch.int32, device=device)
+
+    def ranks(
+        self, dist: torch.Tensor, start: int, stop: int, use_binning: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`_chunk_ranks` of the block of queries ``start..stop-1``."""
+        return _chunk_ranks(
+            dist,
+            self.qpids[start:stop],
+            self.gpids,
+            self.q_pc[start:stop],
+            self.g_pc,
+            self.same_index,
+            self.gidx,
+            self.work_f,
+            self.work_i,
+            use_binning,
+        )
+
+
+def _query_metrics(
+    nm: np.ndarray, m_rows: np.ndarray, m_ranks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """float64 per-query metrics of a chunk from the integer ranks of its true matches.
+
+    Returns ``(valid, ap, inp, first)``: which rows have a true match, and for those rows AP
+    (``(1/K) sum_j j / r_j``), INP (``K / r_K``) and the first match's rank.
+    """
+    valid = nm > 0
+    m_ranks = m_ranks.astype(np.float64)
+    # matches sorted by (row, rank): the j-th match of a row has rank m_ranks
+    order = np.lexsort((m_ranks, m_rows))
+    m_rows, m_ranks = m_rows[order], m_ranks[order]
+    first_idx = np.cumsum(nm) - nm  # index of each row's first match
+    j = np.arange(m_rows.size) - first_idx[m_rows] + 1.0
+    ap = np.bincount(m_rows, weights=j / m_ranks, minlength=nm.size)[valid] / nm[valid]
+    last_idx = first_idx + nm - 1
+    inp = nm[valid] / m_ranks[last_idx[valid]]
+    first = m_ranks[first_idx[valid]].astype(np.int64)
+    return valid, ap, inp, first
+
+
+def _check_sizes(max_rank: int, chunk_size: int) -> tuple[int, int]:
+    if int(max_rank) < 1:
+        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return int(max_rank), int(chunk_size)
+
+
 # ---------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------
@@ -332,17 +367,20 @@ def reid_metrics(
     chunk_size: int = 256,
     distance_fn: DistanceFn | None = None,
     return_per_query: bool = False,
+    *,
+    use_binning: bool = True,
 ) -> dict[str, Any]:
     """Exact re-ID evaluation: CMC curve, mAP and mINP.
 
     See the module docstring for the protocol and the definitions.  Distances
     are computed in fp32 (features are cast to float32 whatever their dtype)
-    on the device of the features, ``chunk_size`` queries at a time; the
-    per-chunk temporaries are about ``13 * chunk_size * G`` bytes (fp32
-    distances, fp32 + int32 work buffers, one bool mask) plus small sparse
-    arrays (the fallback for non-finite distances needs about 30 bytes per
-    element more), and the gallery is never copied per chunk (it is cast to
-    fp32 once if it is not fp32 already).
+    on the device of the features, ``chunk_size`` queries at a time, by
+    :class:`engine.evaluation.ranking.FeatureDistances`; the per-chunk
+    temporaries are about ``13 * chunk_size * G`` bytes (fp32 distances, fp32 +
+    int32 work buffers, one bool mask) plus small sparse arrays (the fallback
+    for non-finite distances needs about 30 bytes per element more), and the
+    gallery is never copied per chunk (it is cast to fp32 once if it is not
+    fp32 already).
 
     Args:
         query_feats: ``(Q, D)`` query features.
@@ -361,9 +399,14 @@ def reid_metrics(
             ``distance_fn`` is given.
         chunk_size: number of queries processed at once.
         distance_fn: optional ``distance_fn(q_chunk, gallery) -> (chunk, G)``
-            distances (smaller = more similar); receives fp32 features and
-            replaces ``metric``.  Its output is cast to fp32.
+            distances (smaller = more similar) computed from the features;
+            receives fp32 features and replaces ``metric``.  Its output is cast
+            to fp32.  For distances that are not a function of the features
+            (precomputed, re-ranked), use :func:`reid_metrics_from_distances`.
         return_per_query: also return per-query arrays (see below).
+        use_binning: count ranks with the histogram-of-bins path on finite
+            blocks (fast); ``False`` always takes the exact searchsorted path.
+            Both give the same numbers (the tests run both).
 
     Returns:
         dict with
@@ -380,30 +423,72 @@ def reid_metrics(
         ValueError: on inconsistent shapes, an unknown ``metric``, bad
             ``max_rank``/``chunk_size``, or if no query has a true match.
     """
-    if distance_fn is None and metric not in VALID_METRICS:
-        raise ValueError(f"unknown metric {metric!r}; valid metrics are {list(VALID_METRICS)}")
-    if int(max_rank) < 1:
-        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    max_rank = int(max_rank)
-    chunk_size = int(chunk_size)
-    if query_feats.dim() != 2 or gallery_feats.dim() != 2:
-        raise ValueError(
-            "query_feats and gallery_feats must be 2-D (N, D), got shapes "
-            f"{tuple(query_feats.shape)} and {tuple(gallery_feats.shape)}"
-        )
-    if distance_fn is None and query_feats.shape[1] != gallery_feats.shape[1]:
-        raise ValueError(f"feature dimensions differ: query {query_feats.shape[1]} vs gallery {gallery_feats.shape[1]}")
-    if query_feats.device != gallery_feats.device:
-        raise ValueError(f"query_feats is on {query_feats.device} but gallery_feats is on {gallery_feats.device}")
+    _check_sizes(max_rank, chunk_size)
+    blocks = FeatureDistances(query_feats, gallery_feats, metric, distance_fn)
+    return reid_metrics_from_distances(
+        blocks,
+        query_pids,
+        gallery_pids,
+        query_camids,
+        gallery_camids,
+        max_rank=max_rank,
+        chunk_size=chunk_size,
+        return_per_query=return_per_query,
+        use_binning=use_binning,
+    )
 
-    device = query_feats.device
-    num_q, num_g = query_feats.shape[0], gallery_feats.shape[0]
-    qpids = _as_id_tensor(query_pids, num_q, "query_pids", device)
-    gpids = _as_id_tensor(gallery_pids, num_g, "gallery_pids", device)
-    qcams = _as_id_tensor(query_camids, num_q, "query_camids", device)
-    gcams = _as_id_tensor(gallery_camids, num_g, "gallery_camids", device)
+
+def _sizes_of(distances: DistanceSource) -> tuple[int | None, int | None]:
+    """``(Q, G)`` of a distance source when it tells them (a block function does not)."""
+    if isinstance(distances, DistanceBlocks):
+        return distances.num_query, distances.num_gallery
+    if isinstance(distances, torch.Tensor):
+        if distances.dim() != 2:
+            raise ValueError(f"distances must be a 2-D (Q, G) tensor, got shape {tuple(distances.shape)}")
+        return int(distances.shape[0]), int(distances.shape[1])
+    return None, None
+
+
+def reid_metrics_from_distances(
+    distances: DistanceSource,
+    query_pids: IdArray,
+    gallery_pids: IdArray,
+    query_camids: IdArray,
+    gallery_camids: IdArray,
+    max_rank: int = 50,
+    chunk_size: int = 256,
+    return_per_query: bool = False,
+    *,
+    use_binning: bool = True,
+) -> dict[str, Any]:
+    """Exact re-ID evaluation (:func:`reid_metrics`' protocol and dict) of given distances.
+
+    Args:
+        distances: the ``(Q, G)`` distances (smaller = more similar) as a
+            tensor, or as a block function ``(start, stop) -> (stop - start, G)``
+            tensor (e.g. :meth:`engine.evaluation.reranking.KReciprocalReranker.distance_block`,
+            so that no ``Q x G`` matrix exists), or as
+            :class:`engine.evaluation.ranking.DistanceBlocks`.  Blocks are cast
+            to fp32 and ranked by the order rule of :mod:`engine.evaluation.ranking`
+            (ties by gallery index, NaN last).  ``Q`` and ``G`` are the lengths of
+            the pids when a block function is given.
+        query_pids, gallery_pids, query_camids, gallery_camids, max_rank,
+        chunk_size, return_per_query, use_binning: as in :func:`reid_metrics`
+            (a block function is asked for ``chunk_size`` queries at a time).
+
+    Raises:
+        ValueError: on inconsistent lengths or shapes, bad ``max_rank`` /
+            ``chunk_size``, or if no query has a true match.
+    """
+    max_rank, chunk_size = _check_sizes(max_rank, chunk_size)
+    num_q, num_g = _sizes_of(distances)
+    device = distances.device if isinstance(distances, DistanceBlocks) else None
+    qpids = as_id_tensor(query_pids, "query_pids", num_q, device)
+    gpids = as_id_tensor(gallery_pids, "gallery_pids", num_g, device)
+    num_q, num_g = qpids.numel(), gpids.numel()
+    qcams = as_id_tensor(query_camids, "query_camids", num_q, device)
+    gcams = as_id_tensor(gallery_camids, "gallery_camids", num_g, device)
+    blocks = as_distance_blocks(distances, num_q, num_g)
 
     hist_len = max(max_rank, 10)
     first_hist = np.zeros(hist_len + 2, dtype=np.int64)  # counts of first-match ranks
@@ -413,59 +498,16 @@ def reid_metrics(
 
     with torch.no_grad():
         if num_q > 0 and num_g > 0:
-            q_pc, g_pc = _pair_ids(qpids, gpids, qcams, gcams)
-            same_index = _SameIdIndex(gpids)
-            gal = gallery_feats.detach().to(torch.float32)  # no copy if already fp32
-            if distance_fn is None:
-                if metric == "euclidean":
-                    g_aux = row_sq_norms(gal)  # ||g||^2
-                else:  # cosine: 1 / ||g||
-                    g_aux = row_sq_norms(gal).sqrt_().clamp_(min=_NORM_EPS).reciprocal_()
-            gidx = torch.arange(num_g, dtype=torch.int64, device=device)
             cs = min(chunk_size, num_q)
-            dist_buf = torch.empty((cs, num_g), dtype=torch.float32, device=device)
-            work_f = torch.empty((cs, num_g), dtype=torch.float32, device=device)
-            work_i = torch.empty((cs, num_g), dtype=torch.int32, device=device)
-
-            for start in range(0, num_q, cs):
-                stop = min(start + cs, num_q)
-                c = stop - start
-                q = query_feats[start:stop].detach().to(torch.float32)
-
-                # --- (c, G) fp32 distances (ranking-equivalent) ---------------
-                if distance_fn is not None:
-                    dist = distance_fn(q, gal)
-                    if not isinstance(dist, torch.Tensor) or tuple(dist.shape) != (c, num_g):
-                        shape = tuple(dist.shape) if isinstance(dist, torch.Tensor) else type(dist)
-                        raise ValueError(f"distance_fn returned {shape}, expected ({c}, {num_g})")
-                    dist = dist.detach().to(device=device, dtype=torch.float32).contiguous()
-                elif metric == "euclidean":  # ||g||^2 - 2 q.g
-                    dist = torch.addmm(g_aux.unsqueeze(0), q, gal.t(), beta=1.0, alpha=-2.0, out=dist_buf[:c])
-                else:  # cosine: -(q/|q|).g / |g|
-                    qn = q / row_sq_norms(q).sqrt_().clamp_(min=_NORM_EPS).neg_().unsqueeze(1)
-                    dist = torch.mm(qn, gal.t(), out=dist_buf[:c])
-                    dist.mul_(g_aux.unsqueeze(0))
-
-                nm, m_rows, m_ranks = _chunk_ranks(
-                    dist, qpids[start:stop], gpids, q_pc[start:stop], g_pc, same_index, gidx, work_f, work_i
-                )
+            state = None
+            for start, stop, dist in blocks.chunks(cs):
+                if state is None:  # a block function's device is known from its first block
+                    state = _RunState((qpids, gpids, qcams, gcams), dist.device, cs, num_g)
+                nm, m_rows, m_ranks = state.ranks(dist, start, stop, use_binning)
                 del dist
-
-                # --- per-query metrics (float64, CPU) -------------------------
-                valid = nm > 0
-                if not valid.any():
+                if not (nm > 0).any():
                     continue
-                m_ranks = m_ranks.astype(np.float64)
-                # matches sorted by (row, rank): the j-th match of a row has rank m_ranks
-                order = np.lexsort((m_ranks, m_rows))
-                m_rows, m_ranks = m_rows[order], m_ranks[order]
-                first_idx = np.cumsum(nm) - nm  # index of each row's first match
-                j = np.arange(m_rows.size) - first_idx[m_rows] + 1.0
-                ap = np.bincount(m_rows, weights=j / m_ranks, minlength=c)[valid] / nm[valid]
-                last_idx = first_idx + nm - 1
-                inp = nm[valid] / m_ranks[last_idx[valid]]
-                first = m_ranks[first_idx[valid]].astype(np.int64)
-
+                valid, ap, inp, first = _query_metrics(nm, m_rows, m_ranks)
                 idx = np.arange(start, stop)[valid]
                 ap_all[idx] = ap
                 inp_all[idx] = inp

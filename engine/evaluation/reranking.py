@@ -11,7 +11,8 @@ Definitions (over all ``N = Q + G`` items, queries first)
   over all ``N`` items (the common implementation divides each column of the
   symmetric matrix by its maximum and transposes; this is the same number).
 * ``N(p, k)``: the ``k + 1`` first items of ``p``'s ranking by ``d`` (``p``
-  itself included), ties broken by item index (a stable sort).
+  itself included), ties broken by item index: the order rule of
+  :mod:`engine.evaluation.ranking`, shared by every ranker of the engine.
 * k-reciprocal set ``R(p, k) = {q in N(p, k) : p in N(q, k)}``.
 * Expanded set ``R*(p) = R(p, k1)  U  R(q, k1h)`` for every ``q in R(p, k1)``
   with ``|R(q, k1h) n R(p, k1)| > 2/3 |R(q, k1h)|``, where
@@ -35,25 +36,27 @@ only for small problems and as the reference).
 lists and ``M_p`` come from ``chunk_size x N`` distance blocks of the upper
 triangle of the symmetric distance matrix (half the matrix-product work; each
 block also serves the later items through its transpose; ``topk`` with exact
-tie handling), ``V`` is stored sparsely (CSR: at most
+tie handling, :func:`engine.evaluation.ranking.smallest_k`), ``V`` is stored sparsely (CSR: at most
 ``(k1 + 1)(k1h + 2)`` non-zeros per row before query expansion, ``k2`` times
 that after), and the final distances are produced per query chunk: the
 Jaccard term from the query rows of ``V`` and an inverted index (column
 ``j`` -> gallery rows with ``V[g, j] != 0``), the original term from a
-``chunk x G`` matrix product.  :func:`rerank_and_evaluate` plugs it into
-:func:`engine.evaluation.reid_metrics.reid_metrics` so that the whole evaluation stays
-memory-bounded.
+``chunk x G`` matrix product.  :func:`rerank_and_evaluate` hands these distance
+blocks to :func:`engine.evaluation.reid_metrics.reid_metrics_from_distances`, so
+that the whole evaluation stays memory-bounded.  The original distances come
+from :func:`engine.evaluation.ranking.metric_block` (``full=True``: the true
+squared distance, clamped at 0).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from engine.evaluation.feature_ops import check_feature_pair, row_sq_norms
-from engine.evaluation.reid_metrics import IdArray, reid_metrics
+from engine.evaluation.ranking import INT64_MAX, IdArray, metric_block, smallest_k, unpack_index
+from engine.evaluation.reid_metrics import reid_metrics_from_distances
 
 __all__ = [
     "DEFAULT_MAX_DENSE_ITEMS",
@@ -68,11 +71,11 @@ __all__ = [
 DEFAULT_MAX_DENSE_ITEMS = 4096
 #: Approximate peak bytes per (item, item) pair of :func:`k_reciprocal_dense`.
 _DENSE_BYTES_PER_PAIR = 24
-# Scratch budgets of the sparse path (elements): gathered feature values when
-# computing the kernel weights, and (query entry, gallery row) pairs per
-# Jaccard sub-batch.
-_GATHER_BUDGET = 1 << 22
-_PAIR_BUDGET = 1 << 21
+#: Default scratch budgets of the sparse path (elements): gathered feature values
+#: when computing the kernel weights, and (query entry, gallery row) pairs per
+#: Jaccard sub-batch (see :class:`KReciprocalReranker`).
+DEFAULT_GATHER_BUDGET = 1 << 22
+DEFAULT_PAIR_BUDGET = 1 << 21
 # Feature rows per block for the norms and the finiteness check.
 _ROW_BLOCK = 4096
 
@@ -107,10 +110,9 @@ def _half_k(k1: int) -> int:
 
 
 def _sq_dists(a: torch.Tensor, a_sq: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
-    """``(len(a), len(b))`` squared Euclidean distances, fp32, clamped at 0."""
-    d = torch.addmm(b_sq.unsqueeze(0), a, b.t(), beta=1.0, alpha=-2.0)
-    d.add_(a_sq.unsqueeze(1))
-    return d.clamp_(min=0.0)
+    """``(len(a), len(b))`` squared Euclidean distances, fp32, clamped at 0 (the shared distance-block
+    provider's full Euclidean block, with the rows' squared norms ``a_sq`` / ``b_sq`` precomputed)."""
+    return metric_block(a, b, "euclidean", b_sq, full=True, query_sq=a_sq)
 
 
 def _safe_max(m: torch.Tensor) -> torch.Tensor:
@@ -149,9 +151,9 @@ def k_reciprocal_dense(
         sq = row_sq_norms(x)
         d = _sq_dists(x, sq, x, sq)
         d.fill_diagonal_(0.0)
-        # N(p, .) lists: ascending d, ties by index; only the first columns are used
+        # N(p, .) lists: the first columns of the order rule's ranking (ascending d, ties by index)
         kmax = min(max(k1, k2) + 1, n)
-        rank = torch.sort(d, dim=1, stable=True).indices[:, :kmax].clone()
+        rank = unpack_index(smallest_k(d, kmax))
         dn = d.div_(_safe_max(d.max(dim=1).values).unsqueeze(1))  # original distance d~, in place
         del d
 
@@ -220,45 +222,6 @@ def k_reciprocal_distances(
 # ---------------------------------------------------------------------------
 # Memory-bounded (sparse, chunked) form
 # ---------------------------------------------------------------------------
-def _pack(vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """int64 keys ordered like (value, index) for non-negative fp32 values
-    (``abs`` turns ``-0.0`` into ``+0.0``; the bits of non-negative floats,
-    ``+inf`` included, are monotone as integers); ``0 <= idx < 2**31``."""
-    bits = vals.abs().contiguous().view(torch.int32).to(torch.int64)
-    return (bits << 32) | idx
-
-
-def _unpack_index(keys: torch.Tensor) -> torch.Tensor:
-    return keys & 0xFFFFFFFF
-
-
-def _smallest_k_keys(block: torch.Tensor, k: int, offset: int) -> torch.Tensor:
-    """Packed (value, offset + column) keys of the ``k`` smallest values of each
-    row of a non-negative block, ascending: the same selection and order as
-    ``torch.sort(block, dim=1, stable=True)`` (ties by column).
-
-    ``topk`` picks ``k + 1`` candidates; the selection is re-sorted by key
-    (ties inside it), and rows whose ``(k+1)``-th smallest value equals the
-    ``k``-th (a tie across the cut) are fully sorted.
-    """
-    width = block.shape[1]
-    vals, idx = torch.topk(block, min(k + 1, width), dim=1, largest=False, sorted=True)
-    keys = _pack(vals[:, :k], idx[:, :k] + offset).sort(dim=1).values
-    if k < width:
-        rows = (vals[:, k] == vals[:, k - 1]).nonzero().squeeze(1)
-        if rows.numel() > 0:
-            sub = block[rows]
-            top = torch.sort(sub, dim=1, stable=True).indices[:, :k]
-            keys[rows] = _pack(sub.gather(1, top), top + offset)
-    return keys
-
-
-def _smallest_k_stable(block: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` smallest values of each row of a non-negative block,
-    ordered by (value, index): ``torch.sort(block, dim=1, stable=True).indices[:, :k]``."""
-    return _unpack_index(_smallest_k_keys(block, k, 0))
-
-
 def _knn_lists(x: torch.Tensor, sq: torch.Tensor, k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Ranking lists ``(N, k)`` (ascending squared distance, ties by index, with
     ``d(p, p) = 0``) and row maxima ``(N,)`` of all items, without an ``N x N`` array.
@@ -267,12 +230,12 @@ def _knn_lists(x: torch.Tensor, sq: torch.Tensor, k: int, chunk: int) -> tuple[t
     ``chunk x (N - s)`` block, so the matrix products cover half of the
     symmetric matrix): the block's rows feed the band's own lists and its
     transpose feeds the lists of the later items.  Each row keeps its ``k``
-    smallest candidates as packed (value, index) keys, merged exactly after
-    every band.
+    smallest candidates as order keys (:func:`engine.evaluation.ranking.smallest_k`),
+    merged exactly after every band.
     """
     n, dev = x.shape[0], x.device
-    # sentinel keys (+inf, index n) sort after every real candidate
-    run = torch.full((n, k), (0x7F800000 << 32) | n, dtype=torch.int64, device=dev)
+    # sentinel keys sort after every real candidate (NaN distances included)
+    run = torch.full((n, k), INT64_MAX, dtype=torch.int64, device=dev)
     row_max = torch.zeros(n, dtype=torch.float32, device=dev)
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
@@ -281,16 +244,16 @@ def _knn_lists(x: torch.Tensor, sq: torch.Tensor, k: int, chunk: int) -> tuple[t
         ar = torch.arange(c, device=dev)
         block[ar, ar] = 0.0
         torch.maximum(row_max[s:e], block.max(dim=1).values, out=row_max[s:e])
-        keys = _smallest_k_keys(block, min(k, n - s), s)
+        keys = smallest_k(block, min(k, n - s), s)
         run[s:e] = torch.cat((run[s:e], keys), dim=1).sort(dim=1).values[:, :k]
         if e < n:  # the same distances seen from the later items
             block_t = block[:, c:].t().contiguous()  # (N - e, c)
             del block
             torch.maximum(row_max[e:], block_t.max(dim=1).values, out=row_max[e:])
-            keys = _smallest_k_keys(block_t, min(k, c), s)
+            keys = smallest_k(block_t, min(k, c), s)
             run[e:] = torch.cat((run[e:], keys), dim=1).sort(dim=1).values[:, :k]
             del block_t
-    return _unpack_index(run), row_max
+    return unpack_index(run), row_max
 
 
 def _ranges(starts: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,6 +290,9 @@ class KReciprocalReranker:
         k1, k2, lambda_value: the method's parameters (paper: 20, 6, 0.3).
         chunk_size: rows per distance block while building (blocks are
             ``chunk_size x N`` fp32).
+        pair_budget: (query entry, gallery row) pairs per Jaccard sub-batch.
+        gather_budget: gathered feature values per sub-batch of the kernel weights.
+            These two bound scratch memory and never change the numbers.
     """
 
     def __init__(
@@ -337,12 +303,18 @@ class KReciprocalReranker:
         k2: int = 6,
         lambda_value: float = 0.3,
         chunk_size: int = 256,
+        *,
+        pair_budget: int = DEFAULT_PAIR_BUDGET,
+        gather_budget: int = DEFAULT_GATHER_BUDGET,
     ) -> None:
         _check_inputs(query_feats, gallery_feats, k1, k2, lambda_value)
         if int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if int(pair_budget) < 1 or int(gather_budget) < 1:
+            raise ValueError(f"pair_budget and gather_budget must be >= 1, got {pair_budget} and {gather_budget}")
         self.k1, self.k2, self.lambda_value = int(k1), int(k2), float(lambda_value)
         self.chunk_size = int(chunk_size)
+        self._pair_budget, self._gather_budget = int(pair_budget), int(gather_budget)
         self.num_query = int(query_feats.shape[0])
         self.num_gallery = int(gallery_feats.shape[0])
         with torch.no_grad():
@@ -414,7 +386,6 @@ class KReciprocalReranker:
         v_ptr = _csr_indptr(torch.cat(rows_l), n)
         v_cols, v_vals = torch.cat(cols_l), torch.cat(vals_l)
         del rows_l, cols_l, vals_l
-        self.nnz_before_expansion = int(v_cols.numel())
 
         # 4. local query expansion: V[p] <- mean of V over the k2e first of p's list.
         if k2e > 1:
@@ -449,7 +420,7 @@ class KReciprocalReranker:
     def _pair_dist(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Normalised original distances ``d~(rows[i], cols[i])`` of listed pairs."""
         out = torch.empty(rows.numel(), dtype=torch.float32, device=self.device)
-        step = max(1, _GATHER_BUDGET // max(1, self._x.shape[1]))
+        step = max(1, self._gather_budget // max(1, self._x.shape[1]))
         for s in range(0, rows.numel(), step):
             r, c = rows[s : s + step], cols[s : s + step]
             dot = (self._x[r] * self._x[c]).sum(dim=1)
@@ -469,7 +440,7 @@ class KReciprocalReranker:
 
             # Jaccard: m[i, g] = sum over the non-zeros j of V[q_i] of min(V[q_i, j], V[g, j]),
             # one (query entry, gallery entry) pair per shared column j, in sub-batches
-            # of at most ~_PAIR_BUDGET pairs (or one query entry).
+            # of at most ~pair_budget pairs (or one query entry).
             acc = torch.zeros(c * g, dtype=torch.float32, device=self.device)
             pos, owner = _ranges(self._v_ptr[qi], self._v_ptr[qi + 1] - self._v_ptr[qi])
             j, vq = self._v_cols[pos], self._v_vals[pos]
@@ -480,7 +451,7 @@ class KReciprocalReranker:
             s = 0
             while s < j.numel():
                 base = int(cum[s - 1]) if s > 0 else 0
-                e = int(torch.searchsorted(cum, base + _PAIR_BUDGET, right=True))
+                e = int(torch.searchsorted(cum, base + self._pair_budget, right=True))
                 e = min(max(e, s + 1), j.numel())
                 cb = cnt[s:e]
                 num_pairs = int(cum[e - 1]) - base
@@ -511,17 +482,10 @@ class KReciprocalReranker:
             ]
         )
 
-    def index_features(self) -> torch.Tensor:
-        """``(Q, 1)`` fp32 query "features" holding the query indices (exact below 2**24)."""
-        if self.num_query > 2**24:
-            raise ValueError(f"{self.num_query} queries: indices above 2**24 are not exact in fp32")
-        return torch.arange(self.num_query, dtype=torch.float32, device=self.device).unsqueeze(1)
-
-    def distance_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """A ``distance_fn`` for :func:`engine.evaluation.reid_metrics.reid_metrics` called with
-        ``query_feats = self.index_features()``: it maps the chunk of index
-        "features" back to query indices and ignores the gallery argument."""
-        return lambda q_idx, _gallery: self.distances(q_idx[:, 0].long())
+    def distance_block(self, start: int, stop: int) -> torch.Tensor:
+        """Re-ranked ``(stop - start, G)`` distances of queries ``start..stop-1``: a block function for
+        :func:`engine.evaluation.reid_metrics.reid_metrics_from_distances` (and the other rankers)."""
+        return self.distances(torch.arange(start, stop, device=self.device))
 
 
 def rerank_and_evaluate(
@@ -537,26 +501,35 @@ def rerank_and_evaluate(
     max_rank: int = 50,
     chunk_size: int = 256,
     return_per_query: bool = False,
+    *,
+    pair_budget: int = DEFAULT_PAIR_BUDGET,
+    gather_budget: int = DEFAULT_GATHER_BUDGET,
 ) -> dict[str, Any]:
     """Re-ID metrics (:func:`engine.evaluation.reid_metrics.reid_metrics`' dict) of the
     k-reciprocal re-ranked distances, memory-bounded: builds a
-    :class:`KReciprocalReranker` and evaluates ``chunk_size`` queries at a
-    time, so no ``Q x G`` or ``N x N`` matrix is ever formed."""
+    :class:`KReciprocalReranker` and hands its distance blocks, ``chunk_size``
+    queries at a time, to :func:`engine.evaluation.reid_metrics.reid_metrics_from_distances`,
+    so no ``Q x G`` or ``N x N`` matrix is ever formed.  ``pair_budget`` and
+    ``gather_budget`` are the reranker's scratch budgets."""
     if int(max_rank) < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
-    reranker = KReciprocalReranker(query_feats, gallery_feats, k1, k2, lambda_value, chunk_size)
-    # reid_metrics never reads the gallery "features" when distance_fn is given:
-    # a (G, 1) placeholder avoids a second copy of the gallery.
-    placeholder = torch.zeros((reranker.num_gallery, 1), dtype=torch.float32, device=reranker.device)
-    return reid_metrics(
-        reranker.index_features(),
-        placeholder,
+    reranker = KReciprocalReranker(
+        query_feats,
+        gallery_feats,
+        k1,
+        k2,
+        lambda_value,
+        chunk_size,
+        pair_budget=pair_budget,
+        gather_budget=gather_budget,
+    )
+    return reid_metrics_from_distances(
+        reranker.distance_block,
         qpids,
         gpids,
         qcams,
         gcams,
         max_rank=max_rank,
         chunk_size=chunk_size,
-        distance_fn=reranker.distance_fn(),
         return_per_query=return_per_query,
     )

@@ -8,7 +8,9 @@ that peak memory is ``O(chunk_size x G)``, never ``O(Q x G)``.
 Protocol
 --------
 Every query ``q`` is ranked against its *gallery* by ascending fp32 distance;
-exact ties are broken by gallery index (a stable sort).  When no separate
+exact ties are broken by gallery index (a stable sort) and a NaN distance ranks
+after ``+inf`` whatever its sign bit (the order rule of
+:mod:`engine.evaluation.ranking`, shared by every ranker of the engine).  When no separate
 gallery is given, the query set is the gallery and each query is removed from
 its own gallery **by index** (never by distance, so exact duplicates of a query
 stay in its gallery and still count as hits).  A *hit* (``rel(i) = 1``) is a
@@ -53,26 +55,29 @@ Algorithm
 ---------
 Per chunk of ``c`` queries:
 
-1. the ``(c, G)`` fp32 distance block is one matrix product (squared
-   Euclidean ``||g||^2 - 2 q.g``, the per-query constant ``||q||^2`` being
-   irrelevant for the ranking, or ``-cos(q, g)``); in the query = gallery case
-   the query's own column is set to ``+inf`` and excluded by index;
-2. *block minima*: the columns are partitioned into blocks of 16 (block ``b``
+1. the ``(c, G)`` fp32 distance block comes from the distance-block provider
+   of :mod:`engine.evaluation.ranking`: one matrix product (squared Euclidean
+   ``||g||^2 - 2 q.g``, the per-query constant ``||q||^2`` being irrelevant
+   for the ranking, or ``-cos(q, g)``), or a custom ``distance_fn``; in the
+   query = gallery case the query's own column is set to ``+inf`` and
+   excluded by index;
+2. *block minima*: the columns are partitioned into blocks of 16 columns
+   (``block_size``; block ``b``
    = columns ``b, b + nb, b + 2 nb, ...``, so the minima are element-wise
    minima of contiguous rows: one cheap read pass).  The ``L + 1`` smallest
    items of a row lie in the ``L + 1`` blocks with the smallest minima, so
    ``torch.topk`` runs on those ``16 (L + 1)`` candidates only (on the whole row
    for small galleries), with ``L`` = the largest ``R`` of the chunk (for
-   MAP@R) and the ``K`` values up to 32.  ``topk`` returns the right *values*
+   MAP@R) and the ``K`` values up to 32 (``topk_cap``).  ``topk`` returns the right *values*
    but an arbitrary choice among tied items, so a row is accepted only if its
    ``L``-th value is strictly smaller than its ``(L+1)``-th one and than the
    ``(L+2)``-th smallest block minimum (then the first ``L`` items are exactly
-   the items with distance ``<=`` that value); they are sorted by the exact
-   integer key ``(order-preserving bits of the fp32 distance, gallery
-   index)``, which is the stable sort order.  Rows with a tie across the
+   the items with distance ``<=`` that value); they are sorted by the order
+   key of :mod:`engine.evaluation.ranking` (``ordered_bits(distance) * 2**32 +
+   gallery index``), which is the order rule.  Rows with a tie across the
    boundary, or with non-finite selected values, or with a NaN anywhere (a NaN
    block minimum hides the block's finite items), are redone exactly by a
-   ``topk`` of those unique int64 keys;
+   ``topk`` of those unique int64 keys (``exact_cells`` elements at a time);
 3. for ``K > L`` only the rank ``r_1`` of the first hit matters (``R@K`` is
    ``r_1 <= K``).  For the rows whose first hit is not among the ``L``
    selected items, the first hit (the smallest key among the row's same-label
@@ -83,7 +88,7 @@ Per chunk of ``c`` queries:
    counted with one pass ``s = sign(d - d_1)``: ``sum(s) = #greater -
    #smaller`` and ``sum(|s|) = #greater + #smaller``, both exact integer sums;
    a row with any other item at exactly ``d_1`` (or a non-finite value) is
-   counted exactly with int64 keys instead.
+   counted exactly with the order keys instead.
 
 Only the matrix product grows with ``Q x G x D``; the rest is a few passes
 over each distance block (block minima; the counting pass only for the rows
@@ -97,18 +102,23 @@ same distances, and the result does not depend on ``chunk_size``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from engine.evaluation.feature_ops import check_feature_pair, row_sq_norms
+from engine.evaluation.ranking import (
+    INT64_MAX,
+    VALID_METRICS,
+    DistanceFn,
+    FeatureDistances,
+    as_id_tensor,
+    np_order_keys,
+    order_keys,
+)
 
 __all__ = ["retrieval_metrics", "nmi", "VALID_METRICS"]
-
-#: Distance metrics accepted by :func:`retrieval_metrics`.
-VALID_METRICS: tuple[str, ...] = ("euclidean", "cosine")
 
 LabelArray = torch.Tensor | np.ndarray | Sequence[int]
 
@@ -116,21 +126,18 @@ LabelArray = torch.Tensor | np.ndarray | Sequence[int]
 #: ``8 * chunk_size * G`` bytes (fp32 distances + an fp32 work buffer): 0.5 GB
 #: for SOP (G = 60,502) with 1024 (measured peak: ~0.45 GB above the features),
 #: plus transiently up to ~0.5 GB for the exact fallback on tied rows
-#: (``_EXACT_CELLS``).  Larger chunks make the CPU matrix product a little more
+#: (``exact_cells``).  Larger chunks make the CPU matrix product a little more
 #: efficient; 1024 was within noise of 2048 on a 2-core CPU.
 DEFAULT_CHUNK_SIZE = 1024
 
-_INT64_MAX = torch.iinfo(torch.int64).max
-_NORM_EPS = 1e-12
+# Defaults of retrieval_metrics' tuning arguments (the tests vary them):
 # K values up to this are taken from the top-L selection; larger K use the
 # counting pass of the first hit's rank (cheaper than a large top-k).
-_TOPK_CAP = 32
+DEFAULT_TOPK_CAP = 32
 # Columns per block of the block minima (see _BlockMins).
-_BLOCK = 16
+DEFAULT_BLOCK_SIZE = 16
 # Elements per sub-batch of the exact int64-key fallback (bounds its memory).
-_EXACT_CELLS = 1 << 24
-# Canonical fp32 NaN bits: every NaN ranks after +inf (as numpy / torch sort).
-_NAN_BITS = 0x7FC00000
+DEFAULT_EXACT_CELLS = 1 << 24
 # k-means iterations (faiss niter / sklearn max_iter), as pytorch-metric-learning.
 _KMEANS_NITER = 20
 
@@ -138,60 +145,17 @@ _KMEANS_NITER = 20
 # ---------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------
-def _as_label_tensor(labels: LabelArray, n: int, name: str) -> torch.Tensor:
-    """Convert labels (tensor, ndarray or list of ints) to a CPU int64 tensor."""
-    if isinstance(labels, torch.Tensor):
-        t = labels.detach()
-    else:
-        arr = np.asarray(labels)
-        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_)):
-            raise TypeError(f"{name} must contain integers, got dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-    if t.is_floating_point() or t.is_complex():
-        raise TypeError(f"{name} must contain integers, got dtype {t.dtype}")
-    t = t.reshape(-1)
-    if t.numel() != n:
-        raise ValueError(f"{name} has {t.numel()} entries, expected {n}")
-    return t.to(device="cpu", dtype=torch.int64)
-
-
-def _exact_keys(values: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
-    """Exact int64 sort keys of fp32 distances: ``ordered_bits(d) * 2**32 + index``.
-
-    ``ordered_bits`` maps fp32 to int32 monotonically (``-0.0`` and ``+0.0``
-    share a key; every NaN gets the key of the canonical positive NaN, after
-    ``+inf``), so ascending keys == ascending distance with ties broken by
-    gallery index, i.e. the stable sort order.  Works for any shape
-    (``gallery_index`` broadcasts against ``values``).
-    """
-    values = values.contiguous()
-    bits = values.view(torch.int32).to(torch.int64)
-    # A negative float with raw bits b (sign bit set) has magnitude bits b + 2**31.
-    bits = torch.where(bits < 0, -bits - 2**31, bits)
-    bits = torch.where(torch.isnan(values), _NAN_BITS, bits)
-    return torch.add(gallery_index, bits, alpha=2**32)
-
-
-def _np_exact_keys(values: np.ndarray, gallery_index: np.ndarray) -> np.ndarray:
-    """numpy twin of :func:`_exact_keys` (same keys), for the small per-chunk arrays."""
-    values = np.ascontiguousarray(values, dtype=np.float32)
-    bits = values.view(np.int32).astype(np.int64)
-    bits = np.where(bits < 0, -bits - 2**31, bits)
-    bits[np.isnan(values)] = _NAN_BITS
-    return (bits << 32) + gallery_index
-
-
-def _exact_row_keys(dist: torch.Tensor, gidx: torch.Tensor, self_cols: torch.Tensor | None) -> torch.Tensor:
-    """Exact keys of whole rows; the query's own column (if any) gets INT64_MAX."""
-    keys = _exact_keys(dist, gidx.unsqueeze(0))
+def _row_keys(dist: torch.Tensor, gidx: torch.Tensor, self_cols: torch.Tensor | None) -> torch.Tensor:
+    """Order keys of whole rows; the query's own column (if any) gets INT64_MAX (ranked after everything)."""
+    keys = order_keys(dist, gidx.unsqueeze(0))
     if self_cols is not None:
-        keys[torch.arange(dist.shape[0], device=dist.device), self_cols] = _INT64_MAX
+        keys[torch.arange(dist.shape[0], device=dist.device), self_cols] = INT64_MAX
     return keys
 
 
-def _row_batches(rows: np.ndarray, g: int):
-    """Split ``rows`` into batches of at most ``_EXACT_CELLS / g`` rows."""
-    step = max(1, _EXACT_CELLS // max(g, 1))
+def _row_batches(rows: np.ndarray, g: int, exact_cells: int) -> Iterator[np.ndarray]:
+    """Split ``rows`` into batches of at most ``exact_cells / g`` rows (bounds the exact fallback's keys)."""
+    step = max(1, exact_cells // max(g, 1))
     for s in range(0, rows.size, step):
         yield rows[s : s + step]
 
@@ -202,33 +166,34 @@ def _row_batches(rows: np.ndarray, g: int):
 class _BlockMins:
     """Minima of disjoint column blocks of a ``(c, G)`` distance block.
 
-    Block ``b < nb`` holds the ``_BLOCK`` columns ``b, b + nb, b + 2 nb, ...``
-    (a strided partition: the minimum is ``_BLOCK - 1`` element-wise minima of
-    contiguous rows, one cheap read pass); the ``G - nb * _BLOCK`` tail columns
+    Block ``b < nb`` holds the ``block_size`` columns ``b, b + nb, b + 2 nb, ...``
+    (a strided partition: the minimum is ``block_size - 1`` element-wise minima of
+    contiguous rows, one cheap read pass); the ``G - nb * block_size`` tail columns
     are singleton blocks ``nb, nb + 1, ...``.  NaN propagates into a block's
     minimum, so a row with a NaN anywhere has a NaN block minimum.
     """
 
-    def __init__(self, dist: torch.Tensor) -> None:
+    def __init__(self, dist: torch.Tensor, block_size: int) -> None:
         c, g = dist.shape
-        self.nb = g // _BLOCK
-        self.g_floor = self.nb * _BLOCK
-        mins = torch.amin(dist[:, : self.g_floor].unflatten(1, (_BLOCK, self.nb)), dim=1)
+        self.block_size = block_size
+        self.nb = g // block_size
+        self.g_floor = self.nb * block_size
+        mins = torch.amin(dist[:, : self.g_floor].unflatten(1, (block_size, self.nb)), dim=1)
         self.mins = torch.cat((mins, dist[:, self.g_floor :]), dim=1)  # (c, nb + tail)
 
     def columns(self, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Columns ``(c, k * _BLOCK)`` of blocks ``(c, k)``, and a validity mask
+        """Columns ``(c, k * block_size)`` of blocks ``(c, k)``, and a validity mask
         (a tail block repeats its single column, valid once)."""
-        j = torch.arange(_BLOCK, device=blocks.device)
+        j = torch.arange(self.block_size, device=blocks.device)
         in_main = (blocks < self.nb).unsqueeze(2)
         cols = torch.where(in_main, blocks.unsqueeze(2) + j * self.nb, (blocks + (self.g_floor - self.nb)).unsqueeze(2))
         valid = in_main | (j == 0)
         return cols.flatten(1), valid.flatten(1)
 
 
-def _use_blocks(num_l: int, g: int) -> bool:
+def _use_blocks(num_l: int, g: int, block_size: int) -> bool:
     """Block minima pay off when the candidate columns are a small part of a row."""
-    return 4 * (num_l + 2) * _BLOCK <= g
+    return 4 * (num_l + 2) * block_size <= g
 
 
 def _top_l(
@@ -237,9 +202,10 @@ def _top_l(
     gidx: torch.Tensor,
     self_cols: torch.Tensor | None,
     bm: _BlockMins | None,
+    exact_cells: int,
 ) -> np.ndarray:
     """Gallery indices ``(c, L)`` (numpy int64) of the ``L`` nearest valid gallery
-    items of every row, in exact stable order (distance, then gallery index).
+    items of every row, in the order rule's order (distance, then gallery index).
 
     ``dist`` already holds ``+inf`` at the query's own column (``self_cols``).
     With block minima ``bm``, the ``L + 1`` blocks with the smallest minima hold
@@ -262,7 +228,7 @@ def _top_l(
     else:
         vals_t, idx_t = torch.topk(dist, k_sel, dim=1, largest=False, sorted=False)
     vals, idx = vals_t.cpu().numpy(), idx_t.cpu().numpy()
-    order = np.argsort(_np_exact_keys(vals, idx), axis=1)
+    order = np.argsort(np_order_keys(vals, idx), axis=1)
     sel = np.take_along_axis(idx, order[:, :num_l], axis=1).astype(np.int64)
     if k_sel == num_l + 1:
         # topk's values are right, but among tied items its choice is arbitrary:
@@ -274,9 +240,9 @@ def _top_l(
         bad = np.flatnonzero(~ok)
     else:  # L == G (separate gallery): every item is selected, nothing to resolve
         bad = np.zeros(0, dtype=np.int64)
-    for rows in _row_batches(bad, g):  # exact fallback: top-L of the unique int64 keys
+    for rows in _row_batches(bad, g, exact_cells):  # exact fallback: top-L of the unique order keys
         rows_t = torch.from_numpy(rows).to(dist.device)
-        keys_t = _exact_row_keys(dist[rows_t], gidx, None if self_cols is None else self_cols[rows_t])
+        keys_t = _row_keys(dist[rows_t], gidx, None if self_cols is None else self_cols[rows_t])
         sel[rows] = torch.topk(keys_t, num_l, dim=1, largest=False, sorted=True).indices.cpu().numpy()
         del keys_t
     return sel
@@ -294,6 +260,7 @@ def _first_hit_ranks(
     work: torch.Tensor,
     bm: _BlockMins | None,
     max_k: int,
+    exact_cells: int,
 ) -> np.ndarray:
     """1-based rank of the first hit of each chunk row in ``rows`` (all have
     ``R > 0``), exact when it is ``<= max_k``; ranks beyond ``max_k`` may be
@@ -310,6 +277,7 @@ def _first_hit_ranks(
         work: ``(c, G)`` fp32 scratch buffer (used when most rows need the pass).
         bm: block minima of ``dist`` or None.
         max_k: the largest K of interest.
+        exact_cells: elements per sub-batch of the exact fallback.
     """
     dev = dist.device
     c, g = dist.shape
@@ -325,8 +293,8 @@ def _first_hit_ranks(
         keep = m_cols != own[m_rows]
         m_rows, m_cols = m_rows[keep], m_cols[keep]
     m_vals = dist[torch.from_numpy(rows[m_rows]).to(dev), torch.from_numpy(m_cols).to(dev)].cpu().numpy()
-    m_keys = _np_exact_keys(m_vals, m_cols)
-    key1 = np.full(n, _INT64_MAX, dtype=np.int64)
+    m_keys = np_order_keys(m_vals, m_cols)
+    key1 = np.full(n, INT64_MAX, dtype=np.int64)
     np.minimum.at(key1, m_rows, m_keys)
     is_first = m_keys == key1[m_rows]
     d1 = np.zeros(n, dtype=np.float32)
@@ -370,9 +338,9 @@ def _first_hit_ranks(
     ok = np.isfinite(t_d1) & np.isfinite(s1) & np.isfinite(s2) & (s2 == g - 1)
     ranks[todo] = np.where(ok, np.round((np.where(ok, s2, 0) - np.where(ok, s1, 0)) / 2), 0) + 1
 
-    for b in _row_batches(todo[~ok], g):  # ties at d1, non-finite values: exact keys
+    for b in _row_batches(todo[~ok], g, exact_cells):  # ties at d1, non-finite values: exact keys
         b_t = torch.from_numpy(rows[b]).to(dev)
-        keys_t = _exact_row_keys(dist[b_t], gidx, None if self_cols is None else self_cols[b_t])
+        keys_t = _row_keys(dist[b_t], gidx, None if self_cols is None else self_cols[b_t])
         key1_t = torch.from_numpy(key1[b]).to(dev)
         ranks[b] = (keys_t < key1_t.unsqueeze(1)).sum(dim=1).cpu().numpy() + 1
         del keys_t
@@ -444,6 +412,59 @@ def _nmi_score(labels: np.ndarray, clusters: np.ndarray) -> float:
     return float(normalized_mutual_info_score(labels, clusters))
 
 
+def _map_at_r(rel: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 ``(MAP@R, R-precision, mARP)`` of the rows of a chunk from their hit pattern.
+
+    ``rel`` is the ``(c, L)`` hit pattern of the ``L >= max(R)`` first valid items, ``r`` the ``R`` of
+    every row; ``sum_{i <= R} P(i) rel(i)`` divided by ``R`` (MAP@R) or by the hits within ``R`` (mARP).
+    """
+    rr = r.astype(np.int64)
+    pos = np.arange(1, rel.shape[1] + 1, dtype=np.int64)
+    rel_r = rel & (pos[None, :] <= rr[:, None])
+    cum = np.cumsum(rel_r, axis=1)
+    ap_sum = np.where(rel_r, cum / pos[None, :], 0.0).sum(axis=1)
+    hits_r = cum[:, -1]
+    ok = rr > 0
+    den = np.where(ok, rr, 1)
+    map_r = np.where(ok, ap_sum / den, 0.0)
+    r_prec = np.where(ok, hits_r / den, 0.0)
+    marp = np.where(hits_r > 0, ap_sum / np.maximum(hits_r, 1), 0.0)
+    return map_r, r_prec, marp
+
+
+def _nmi_of(
+    query_feats: torch.Tensor, labels: np.ndarray, runs: int, seed: int, num_clusters: int | None
+) -> tuple[float, str]:
+    """Mean NMI of ``runs`` k-means clusterings of the query features against their labels, and the backend."""
+    x = query_feats.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+    k = int(num_clusters) if num_clusters is not None else int(np.unique(labels).size)
+    if k < 1:
+        raise ValueError(f"num_clusters must be >= 1, got {k}")
+    k = min(k, x.shape[0])
+    scores = []
+    backend = ""
+    for run in range(runs):
+        clusters, backend = _kmeans(x, k, seed + run)
+        scores.append(_nmi_score(labels, clusters))
+    return float(np.mean(scores)), backend
+
+
+class _LabelIndex:
+    """Dense labels of queries and gallery, and the gallery indices grouped by label (numpy)."""
+
+    def __init__(self, q_lab: torch.Tensor, g_lab: torch.Tensor, self_mode: bool) -> None:
+        num_q = q_lab.numel()
+        uniq, inv = torch.unique(torch.cat((q_lab, g_lab)), return_inverse=True)
+        q_dense, g_dense = inv[:num_q], inv[num_q:]
+        g_count = torch.bincount(g_dense, minlength=uniq.numel())
+        self.r = (g_count[q_dense] - int(self_mode)).numpy()  # R of every query
+        self.q_lab = q_dense.numpy()
+        self.g_lab = g_dense.numpy()
+        self.g_count = g_count.numpy()
+        self.g_order = torch.sort(g_dense, stable=True).indices.numpy()
+        self.g_start = np.cumsum(self.g_count) - self.g_count
+
+
 # ---------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------
@@ -459,15 +480,21 @@ def retrieval_metrics(
     nmi_runs: int = 0,
     nmi_seed: int = 0,
     num_clusters: int | None = None,
+    distance_fn: DistanceFn | None = None,
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    topk_cap: int = DEFAULT_TOPK_CAP,
+    exact_cells: int = DEFAULT_EXACT_CELLS,
 ) -> dict[str, Any]:
     """Exact retrieval evaluation: Recall@K, MAP@R, R-precision, mARP and NMI.
 
     See the module docstring for the definitions and the algorithm.  Distances
     are computed in fp32 (features of any float dtype are cast to float32) on
-    the device of the features, ``chunk_size`` queries at a time; per-chunk
+    the device of the features, ``chunk_size`` queries at a time, by
+    :class:`engine.evaluation.ranking.FeatureDistances`; per-chunk
     temporaries are about ``8 * chunk_size * G`` bytes plus ``O(chunk_size *
     L)`` for the selected neighbours (``L`` = largest ``R`` of the chunk,
-    and the ``K`` values up to 32); the gallery is cast to fp32 once if
+    and the ``K`` values up to ``topk_cap``); the gallery is cast to fp32 once if
     needed and never copied per chunk.
 
     Args:
@@ -480,13 +507,21 @@ def retrieval_metrics(
         ks: the ``K`` of Recall@K (positive ints); a ``K`` larger than the
             gallery behaves like the gallery size.
         metric: ``"euclidean"`` (ranked by squared Euclidean distance) or
-            ``"cosine"`` (ranked by ``-cos``).
+            ``"cosine"`` (ranked by ``-cos``).  Ignored when ``distance_fn`` is given.
         chunk_size: number of queries per chunk.
         with_map_at_r: also compute ``MAP@R``, ``R-precision`` and ``mARP``.
         nmi_runs: number of k-means runs for NMI (0: no NMI).
         nmi_seed: seed of the first k-means run (run ``i`` uses
             ``nmi_seed + i``).
         num_clusters: k of k-means; default the number of distinct query labels.
+        distance_fn: optional ``distance_fn(q_chunk, gallery) -> (chunk, G)``
+            distances (smaller = more similar) from fp32 features; replaces
+            ``metric``; its output is cast to fp32.
+        block_size: columns per block of the block-minima prefilter.
+        topk_cap: ``K`` values up to this come from the top-``L`` selection,
+            larger ones from the counting pass of the first hit's rank.
+        exact_cells: elements per sub-batch of the exact-key fallback (memory).
+            The last three change the speed and memory, never the numbers.
 
     Returns:
         dict with ``R@{k}`` for every ``k`` in ``ks`` (floats), ``MAP@R``,
@@ -500,34 +535,29 @@ def retrieval_metrics(
         ValueError: on inconsistent shapes/arguments, an unknown ``metric``,
             or if no query has a same-label gallery item.
     """
-    if metric not in VALID_METRICS:
-        raise ValueError(f"unknown metric {metric!r}; valid metrics are {list(VALID_METRICS)}")
     ks = tuple(int(k) for k in ks)
     if len(ks) == 0 or min(ks) < 1:
         raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks}")
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     chunk_size = int(chunk_size)
+    if int(block_size) < 1 or int(exact_cells) < 1:
+        raise ValueError(f"block_size and exact_cells must be >= 1, got {block_size} and {exact_cells}")
+    block_size, topk_cap, exact_cells = int(block_size), int(topk_cap), int(exact_cells)
     if (gallery_feats is None) != (gallery_labels is None):
         raise ValueError("gallery_feats and gallery_labels must be given together")
     self_mode = gallery_feats is None
-    if self_mode:
-        gallery_feats = query_feats
-    assert gallery_feats is not None
-    check_feature_pair(query_feats, gallery_feats)
+    blocks = FeatureDistances(query_feats, query_feats if self_mode else gallery_feats, metric, distance_fn)
     nmi_runs = int(nmi_runs)
     if nmi_runs < 0:
         raise ValueError(f"nmi_runs must be >= 0, got {nmi_runs}")
 
     device = query_feats.device
-    num_q, num_g = query_feats.shape[0], gallery_feats.shape[0]
-    q_lab_cpu = _as_label_tensor(query_labels, num_q, "query_labels")
-    g_lab_cpu = q_lab_cpu if self_mode else _as_label_tensor(gallery_labels, num_g, "gallery_labels")
-    # Dense label ids shared by queries and gallery.
-    uniq, inv = torch.unique(torch.cat((q_lab_cpu, g_lab_cpu)), return_inverse=True)
-    q_dense, g_dense = inv[:num_q], inv[num_q:]
-    g_count_cpu = torch.bincount(g_dense, minlength=uniq.numel())
-    r_all = (g_count_cpu[q_dense] - int(self_mode)).numpy()  # R of every query
+    num_q, num_g = blocks.num_query, blocks.num_gallery
+    q_lab_cpu = as_id_tensor(query_labels, "query_labels", num_q, "cpu")
+    g_lab_cpu = q_lab_cpu if self_mode else as_id_tensor(gallery_labels, "gallery_labels", num_g, "cpu")
+    labels = _LabelIndex(q_lab_cpu, g_lab_cpu, self_mode)
+    r_all = labels.r
     num_valid_gal = num_g - int(self_mode)
 
     first_rank = np.zeros(num_q, dtype=np.int64)  # 0: no hit found / skipped
@@ -536,22 +566,12 @@ def retrieval_metrics(
     marp = np.zeros(num_q, dtype=np.float64)
     valid_all = r_all > 0
     max_k = max(ks)
-    small_k = max([k for k in ks if k <= _TOPK_CAP], default=1)
+    small_k = max([k for k in ks if k <= topk_cap], default=1)
     no_hit_rank = np.iinfo(np.int64).max
 
     with torch.no_grad():
         if num_q > 0 and num_valid_gal > 0 and valid_all.any():
-            q_lab_np = q_dense.numpy()
-            g_count_np = g_count_cpu.numpy()
-            g_order_np = torch.sort(g_dense, stable=True).indices.numpy()
-            g_start_np = np.cumsum(g_count_np) - g_count_np
-            g_lab_np = g_dense.numpy()
             gidx = torch.arange(num_g, dtype=torch.int64, device=device)
-            gal = gallery_feats.detach().to(torch.float32)  # no copy if already fp32
-            if metric == "euclidean":
-                g_aux = row_sq_norms(gal)  # ||g||^2
-            else:  # cosine: 1 / ||g||
-                g_aux = row_sq_norms(gal).sqrt_().clamp_(min=_NORM_EPS).reciprocal_()
             cs = min(chunk_size, num_q)
             dist_buf = torch.empty((cs, num_g), dtype=torch.float32, device=device)
             work: torch.Tensor | None = None  # lazily allocated scratch for the counting pass
@@ -562,15 +582,8 @@ def retrieval_metrics(
                 r_chunk = r_all[start:stop]
                 if not (r_chunk > 0).any():
                     continue
-                q = gal[start:stop] if self_mode else query_feats[start:stop].detach().to(torch.float32)
-
-                # --- (c, G) fp32 distances (ranking-equivalent) ---------------
-                if metric == "euclidean":  # ||g||^2 - 2 q.g
-                    dist = torch.addmm(g_aux.unsqueeze(0), q, gal.t(), beta=1.0, alpha=-2.0, out=dist_buf[:c])
-                else:  # cosine: -(q/|q|).g / |g|
-                    qn = q / row_sq_norms(q).sqrt_().clamp_(min=_NORM_EPS).neg_().unsqueeze(1)
-                    dist = torch.mm(qn, gal.t(), out=dist_buf[:c])
-                    dist.mul_(g_aux.unsqueeze(0))
+                # (c, G) fp32 distances (ranking-equivalent), in dist_buf: written below
+                dist = blocks.block(start, stop, out=dist_buf)
                 self_cols = None
                 if self_mode:
                     self_cols = torch.arange(start, stop, device=device)
@@ -581,9 +594,9 @@ def retrieval_metrics(
                 if with_map_at_r:
                     num_l = max(num_l, int(r_chunk.max()))
                 num_l = max(1, min(num_l, num_valid_gal))
-                bm = _BlockMins(dist) if _use_blocks(num_l, num_g) else None
-                sel = _top_l(dist, num_l, gidx, self_cols, bm)
-                rel = g_lab_np[sel] == q_lab_np[start:stop, None]
+                bm = _BlockMins(dist, block_size) if _use_blocks(num_l, num_g, block_size) else None
+                sel = _top_l(dist, num_l, gidx, self_cols, bm, exact_cells)
+                rel = labels.g_lab[sel] == labels.q_lab[start:stop, None]
                 has_hit = rel.any(axis=1)
                 rank1 = np.where(has_hit, np.argmax(rel, axis=1) + 1, 0)
 
@@ -596,31 +609,21 @@ def retrieval_metrics(
                         rank1[need] = _first_hit_ranks(
                             dist,
                             need,
-                            q_lab_np[start:stop],
-                            g_order_np,
-                            g_start_np,
-                            g_count_np,
+                            labels.q_lab[start:stop],
+                            labels.g_order,
+                            labels.g_start,
+                            labels.g_count,
                             gidx,
                             self_cols,
                             work,
                             bm,
                             max_k,
+                            exact_cells,
                         )
                 first_rank[start:stop] = np.where(rank1 > 0, rank1, no_hit_rank)
 
-                # --- MAP@R, R-precision, mARP (float64) -----------------------
                 if with_map_at_r:
-                    rr = r_chunk.astype(np.int64)
-                    pos = np.arange(1, num_l + 1, dtype=np.int64)
-                    rel_r = rel & (pos[None, :] <= rr[:, None])
-                    cum = np.cumsum(rel_r, axis=1)
-                    ap_sum = np.where(rel_r, cum / pos[None, :], 0.0).sum(axis=1)
-                    hits_r = cum[:, -1]
-                    ok = rr > 0
-                    den = np.where(ok, rr, 1)
-                    map_r[start:stop] = np.where(ok, ap_sum / den, 0.0)
-                    r_prec[start:stop] = np.where(ok, hits_r / den, 0.0)
-                    marp[start:stop] = np.where(hits_r > 0, ap_sum / np.maximum(hits_r, 1), 0.0)
+                    map_r[start:stop], r_prec[start:stop], marp[start:stop] = _map_at_r(rel, r_chunk)
                 del dist, bm
 
     num_valid = int(valid_all.sum())
@@ -642,17 +645,5 @@ def retrieval_metrics(
     result["num_skipped_query"] = int(num_q - num_valid)
 
     if nmi_runs > 0:
-        x = query_feats.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
-        labels_np = q_lab_cpu.numpy()
-        k = int(num_clusters) if num_clusters is not None else int(np.unique(labels_np).size)
-        if k < 1:
-            raise ValueError(f"num_clusters must be >= 1, got {k}")
-        k = min(k, num_q)
-        scores = []
-        backend = ""
-        for run in range(nmi_runs):
-            clusters, backend = _kmeans(x, k, nmi_seed + run)
-            scores.append(_nmi_score(labels_np, clusters))
-        result["NMI"] = float(np.mean(scores))
-        result["NMI_backend"] = backend
+        result["NMI"], result["NMI_backend"] = _nmi_of(query_feats, q_lab_cpu.numpy(), nmi_runs, nmi_seed, num_clusters)
     return result

@@ -1,7 +1,30 @@
-"""Training methods: each builds the ignite process function of one way of training."""
+"""Training methods by SOLVER.METHOD: each is one module with a TrainingMethod subclass (engine/methods/base.py)
+and one line in METHODS; its own keys live under METHOD.<NAME> in config/defaults.py."""
 
-from engine.methods.standard import build_standard_trainer
+from __future__ import annotations
 
-METHODS = {"standard": build_standard_trainer}
+from config.errors import check_choice
+from engine.methods.base import Run, TrainingMethod
+from engine.methods.grad_accum import GradientAccumulation
+from engine.methods.standard import StandardMethod
 
-__all__ = ["METHODS", "build_standard_trainer"]
+METHODS: dict[str, type[TrainingMethod]] = {
+    "standard": StandardMethod,
+    "grad_accum": GradientAccumulation,
+}
+
+# Checkpoint entries of the run itself, which a method's checkpoint_state must not reuse
+RUN_STATE_NAMES = ("model", "loss", "solver", "scaler", "trainer", "best")
+
+
+def build_method(cfg, run: Run) -> TrainingMethod:
+    """The training method of SOLVER.METHOD for `run` (an unknown name exits listing the valid ones)."""
+    check_choice("SOLVER.METHOD", cfg.SOLVER.METHOD, tuple(METHODS))
+    method = METHODS[cfg.SOLVER.METHOD](run)
+    clash = sorted(set(method.checkpoint_state()) & set(RUN_STATE_NAMES))
+    if clash:
+        raise ValueError(f"training method {cfg.SOLVER.METHOD!r} names checkpoint state {clash} that the run uses")
+    return method
+
+
+__all__ = ["METHODS", "Run", "TrainingMethod", "build_method"]

@@ -34,15 +34,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from engine.reporting.run_files import METRICS_FILE, TRAIN_METRICS_FILE, TRAIN_RECORD_KEYS, atomic_write
 
 if TYPE_CHECKING:  # matplotlib is imported lazily: reading the history must work without it
     from matplotlib.axes import Axes
@@ -62,8 +62,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TRAIN_METRICS_FILE = "train_metrics.jsonl"
-METRICS_FILE = "metrics.jsonl"
 LOSS_PICTURE = "curves_loss.png"
 LR_PICTURE = "curves_lr.png"
 METRICS_PICTURE = "curves_metrics.png"
@@ -80,7 +78,7 @@ _PANEL_GAP = 0.45
 _LEGEND_PAD = 0.3
 
 # Keys of train_metrics.jsonl that are bookkeeping, not loss parts.
-_TRAIN_BOOKKEEPING = frozenset({"epoch", "iteration", "lr", "seconds_per_batch"})
+_TRAIN_BOOKKEEPING = frozenset(TRAIN_RECORD_KEYS)
 _RECALL_KEY = re.compile(r"^R@(\d+)$")
 _REID_METRICS = (("mAP", "mAP"), ("rank1", "rank-1"), ("rank5", "rank-5"), ("mINP", "mINP"))
 _RETRIEVAL_TAIL = (("MAP@R", "MAP@R"), ("NMI", "NMI"))
@@ -482,21 +480,9 @@ def build_figures(history: History) -> dict[str, Figure]:
 # Writing
 # ---------------------------------------------------------------------------------------------------------
 def _save_atomic(fig: Figure, path: Path) -> None:
-    """PNG into a temporary file of the same folder, then renamed over ``path``: a reader sees the old or
-    the new picture, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=DPI)
-        # mkstemp creates the file readable by its owner only; pictures are for whoever may read the run.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """The PNG of `fig` at ``path``, written atomically: a reader sees the old or the new picture, never half
+    of one."""
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI))
 
 
 def draw_curves(output_dir: str | Path) -> list[Path]:

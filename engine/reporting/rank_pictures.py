@@ -14,8 +14,9 @@ Protocol (valid items and order as in :mod:`engine.evaluation.reid_metrics` and
   information" and never makes an item junk.  Retrieval (``reid=False``): every gallery item; cameras are
   ignored.  With ``query_is_gallery=True`` the query's own gallery index is also removed (by index, never by
   distance, so exact duplicates of the query stay).
-* **Ranking.**  The valid items by ascending distance; exact ties are broken by gallery index (a stable
-  sort); NaN distances rank last.  Ranks are 1-based and count valid items only.
+* **Ranking.**  The valid items by the order rule of :mod:`engine.evaluation.ranking`, shared by every
+  ranker of the engine: ascending distance, exact ties broken by gallery index (a stable sort), NaN
+  distances last whatever their sign bit.  Ranks are 1-based and count valid items only.
 * **True match.**  A valid item with the query's label.  With ``r_1 < ... < r_K`` the ranks of the ``K``
   true matches, ``AP = (1/K) sum_j j / r_j`` (the mean over the true matches of the precision at their rank,
   computed over the *whole* valid ranking, not only the part drawn; the standard AP of re-ID, not the MAP@R
@@ -39,13 +40,15 @@ import csv
 import functools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from engine.evaluation.ranking import DistanceSource, IdArray, as_distance_blocks, as_id_tensor, row_order
 
 __all__ = [
     "LAST_MATCH_COLOUR",
@@ -61,7 +64,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IdArray = torch.Tensor | np.ndarray | Sequence[int]
 FloatArray = torch.Tensor | np.ndarray | Sequence[float]
 PathLike = str | Path
 
@@ -84,8 +86,6 @@ _QUERY_BG = (228, 228, 228)
 _IMAGE_BG = (245, 245, 245)
 _UNREADABLE_BG = (150, 150, 150)
 _TEXT = (0, 0, 0)
-# Set to False to sort fp32 keys with torch on CPU too (the path CUDA tensors take; used by the tests).
-_NUMPY_SORT_ON_CPU = True
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -127,43 +127,8 @@ class RankedQuery:
         return self.num_matches > 0
 
 
-def _as_ids(ids: IdArray, name: str, n: int | None = None) -> torch.Tensor:
-    """Labels / camera ids (tensor, ndarray or list of ints) as a 1-D int64 CPU tensor."""
-    t = ids.detach().cpu() if isinstance(ids, torch.Tensor) else torch.as_tensor(np.asarray(ids))
-    # An empty list becomes a float array in numpy; only non-empty float labels are an error.
-    if (t.is_floating_point() or t.is_complex()) and t.numel() > 0:
-        raise TypeError(f"{name} must contain integers, got dtype {t.dtype}")
-    t = t.reshape(-1).to(torch.int64)
-    if n is not None and t.numel() != n:
-        raise ValueError(f"{name} has {t.numel()} entries, expected {n}")
-    return t
-
-
-def _stable_row_order(dist: torch.Tensor) -> torch.Tensor:
-    """Per row, the column indices by ascending distance, ties by column index, NaN last (int64)."""
-    num_g = dist.shape[1]
-    if dist.dtype != torch.float32 or num_g == 0:
-        return torch.sort(dist, dim=1, stable=True).indices
-    # fp32: sort unique int64 keys (order-preserving bits of the distance, then the column) instead; no
-    # stable sort is needed, and on CPU numpy's vectorised integer sort is several times faster than
-    # torch's stable float sort (0.1 s instead of 0.6 s for 256 x 20k).
-    if bool(torch.isnan(dist).any()):
-        dist = torch.where(torch.isnan(dist), float("nan"), dist)  # one NaN bit pattern, above +inf
-    if dist.device.type == "cpu" and _NUMPY_SORT_ON_CPU:
-        bits = dist.contiguous().numpy().view(np.int32).astype(np.int64)
-        # Negative floats (sign bit set) count down as their magnitude grows; -0.0 maps onto +0.0.
-        keys = np.where(bits < 0, -bits - 2**31, bits)
-        keys <<= 32
-        keys |= np.arange(num_g, dtype=np.int64)
-        keys.sort(axis=1)
-        return torch.from_numpy(keys & 0xFFFFFFFF)
-    bits = dist.contiguous().view(torch.int32).to(torch.int64)
-    keys = torch.add(torch.arange(num_g, device=dist.device), torch.where(bits < 0, -bits - 2**31, bits), alpha=2**32)
-    return torch.sort(keys, dim=1).values & 0xFFFFFFFF
-
-
 def ranked_lists(
-    dist_fn: Callable[[int, int], torch.Tensor],
+    dist_fn: DistanceSource,
     num_queries: int,
     query_labels: IdArray,
     query_camids: IdArray | None,
@@ -173,12 +138,16 @@ def ranked_lists(
     reid: bool = True,
     chunk: int = 256,
     query_is_gallery: bool = False,
+    *,
+    numpy_sort_on_cpu: bool = True,
 ) -> list[RankedQuery]:
     """Rank the gallery for every query (see the module docstring for the protocol).
 
     Args:
         dist_fn: ``dist_fn(start, stop)`` returns the distances of queries ``start..stop-1`` to the whole
-            gallery, a ``(stop - start, G)`` tensor (smaller = more similar; fp32 or fp64, any device).
+            gallery, a ``(stop - start, G)`` tensor (smaller = more similar; fp32 or fp64, any device); or
+            the whole ``(Q, G)`` tensor, or :class:`engine.evaluation.ranking.DistanceBlocks` (e.g.
+            ``FeatureDistances`` of query and gallery features).
         num_queries: ``Q``.
         query_labels, gallery_labels: identity / class labels, ``Q`` and ``G`` of them.
         query_camids, gallery_camids: camera ids (``-1`` = unknown); required with ``reid=True``, ignored
@@ -188,6 +157,9 @@ def ranked_lists(
         chunk: number of queries whose distance rows are held at once.
         query_is_gallery: the query set is the gallery (``G == Q``); query ``i`` is not ranked against
             gallery item ``i``.
+        numpy_sort_on_cpu: sort CPU fp32 rows with numpy's integer sort (faster); ``False`` takes the torch
+            sort that CUDA tensors take.  The order is the same (see
+            :func:`engine.evaluation.ranking.row_order`).
 
     Returns:
         One :class:`RankedQuery` per query, in query order.
@@ -203,30 +175,24 @@ def ranked_lists(
     if int(num_queries) != num_queries or num_queries < 0:
         raise ValueError(f"num_queries must be an integer >= 0, got {num_queries!r}")
     top_k, chunk, num_queries = int(top_k), int(chunk), int(num_queries)
-    qlab = _as_ids(query_labels, "query_labels", num_queries)
-    glab = _as_ids(gallery_labels, "gallery_labels")
+    qlab = as_id_tensor(query_labels, "query_labels", num_queries, "cpu")
+    glab = as_id_tensor(gallery_labels, "gallery_labels", None, "cpu")
     num_g = glab.numel()
     if query_is_gallery and num_g != num_queries:
         raise ValueError(f"query_is_gallery needs as many gallery items as queries, got G={num_g}, Q={num_queries}")
     if reid:
         if query_camids is None or gallery_camids is None:
             raise ValueError("the re-ID protocol (reid=True) needs query_camids and gallery_camids")
-        qcam = _as_ids(query_camids, "query_camids", num_queries)
-        gcam = _as_ids(gallery_camids, "gallery_camids", num_g)
+        qcam = as_id_tensor(query_camids, "query_camids", num_queries, "cpu")
+        gcam = as_id_tensor(gallery_camids, "gallery_camids", num_g, "cpu")
 
     records: list[RankedQuery] = []
     keep = top_k - 1
-    for start in range(0, num_queries, chunk):
-        stop = min(start + chunk, num_queries)
+    # fp32 or fp64 blocks on the device dist_fn returns them on (fp16/bf16/integer distances are exact in
+    # fp32, so ranking them as fp32 changes nothing).
+    blocks = as_distance_blocks(dist_fn, num_queries, num_g, name="dist_fn", keep_float64=True)
+    for start, stop, dist in blocks.chunks(chunk):
         c = stop - start
-        dist = dist_fn(start, stop)
-        if not isinstance(dist, torch.Tensor) or tuple(dist.shape) != (c, num_g):
-            got = tuple(dist.shape) if isinstance(dist, torch.Tensor) else type(dist).__name__
-            raise ValueError(f"dist_fn({start}, {stop}) returned {got}, expected ({c}, {num_g})")
-        dist = dist.detach()
-        if dist.dtype not in (torch.float32, torch.float64):
-            # fp16/bf16/integer distances are exact in fp32, so ranking them as fp32 changes nothing.
-            dist = dist.float()
         dev = dist.device
         ql = qlab[start:stop].to(dev)
         gl = glab.to(dev)
@@ -245,7 +211,7 @@ def ranked_lists(
 
         # One full sort per row: AP needs the exact rank of every true match.  Ranks among valid items
         # are then a cumulative count, so junk never needs to be moved out of the sorted rows.
-        order = _stable_row_order(dist)
+        order = row_order(dist, numpy_sort_on_cpu)
         v_sorted = valid.gather(1, order)
         del valid
         vrank = torch.cumsum(v_sorted, dim=1, dtype=torch.int32)  # rank of each valid item where it sits
@@ -259,7 +225,8 @@ def ranked_lists(
         m_j = mcount[m_rows, m_pos].cpu().numpy().astype(np.float64)
         m_rows_np = m_rows.cpu().numpy()
         m_idx = order[m_rows, m_pos]
-        m_dist = dist[m_rows, m_idx].cpu().numpy().astype(np.float64)
+        # (widened by torch: numpy warns on signalling NaNs, which a distance function may return)
+        m_dist = dist[m_rows, m_idx].double().cpu().numpy()
         m_idx_np = m_idx.cpu().numpy()
         nm = num_matches.cpu().numpy().astype(np.int64)
         ap = np.bincount(m_rows_np, weights=m_j / np.maximum(m_rank, 1.0), minlength=c)
@@ -268,7 +235,7 @@ def ranked_lists(
 
         t_rows, t_pos = (v_sorted & (vrank <= keep)).nonzero(as_tuple=True)
         t_idx = order[t_rows, t_pos]
-        t_dist = dist[t_rows, t_idx].cpu().numpy().astype(np.float64)
+        t_dist = dist[t_rows, t_idx].double().cpu().numpy()
         t_match = match[t_rows, t_idx].cpu().numpy()
         t_idx_np = t_idx.cpu().numpy().astype(np.int64)
         t_count = torch.bincount(t_rows, minlength=c).cpu().numpy()
@@ -467,8 +434,8 @@ def write_rank_pictures(
         The paths of the JPEGs written, in the order of ``ranked``.
     """
     h, w = _check_size(size)
-    qlab = _as_ids(query_labels, "query_labels", len(query_paths)).numpy()
-    glab = _as_ids(gallery_labels, "gallery_labels", len(gallery_paths)).numpy()
+    qlab = as_id_tensor(query_labels, "query_labels", len(query_paths), "cpu").numpy()
+    glab = as_id_tensor(gallery_labels, "gallery_labels", len(gallery_paths), "cpu").numpy()
     qnorm = _as_floats(query_norms, "query_norms", len(query_paths))
     gnorm = _as_floats(gallery_norms, "gallery_norms", len(gallery_paths))
     folder = Path(out_dir) / "visrank" / str(dataset_name)

@@ -15,21 +15,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from engine.reporting.rank_pictures import RankedQuery
+from engine.reporting.run_files import atomic_write_text
 
 FORMATS = ("csv", "json")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_ranked_lists(
@@ -78,7 +72,7 @@ def write_ranked_lists(
                     },
                 }
             )
-        _atomic_write(path, json.dumps(content, indent=1))
+        atomic_write_text(path, json.dumps(content, indent=1))
         return path
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -115,5 +109,5 @@ def write_ranked_lists(
                     "last_match",
                 ]
             )
-    _atomic_write(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
     return path

@@ -11,25 +11,12 @@ import torch
 from ignite.handlers import Checkpoint, DiskSaver
 
 from config import UserError
+from engine.reporting.run_files import CHECKPOINT_DIR, atomic_write
 from modeling.weights import WeightsMismatchError, load_checked, read_weights_file
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
-
-
-class BestScore:
-    """The best main metric so far and its epoch; saved in checkpoints so resume keeps it."""
-
-    def __init__(self):
-        self.score = float("-inf")
-        self.epoch = 0
-
-    def state_dict(self) -> dict:
-        return {"score": self.score, "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.score, self.epoch = float(state["score"]), int(state["epoch"])
 
 
 def build_checkpointer(checkpoint_dir: Path, to_save: dict) -> Checkpoint:
@@ -48,14 +35,13 @@ def save_best_model(path: Path, model: torch.nn.Module, epoch: int, metrics: dic
     if idist.get_rank() != 0:
         return
     module = model.module if hasattr(model, "module") else model
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"model": module.state_dict(), "epoch": epoch, "metrics": metrics}, tmp)
-    tmp.replace(path)
+    content = {"model": module.state_dict(), "epoch": epoch, "metrics": metrics}
+    atomic_write(path, lambda handle: torch.save(content, handle))
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
     """The checkpoint of the highest epoch in `folder` (or in its checkpoints/ subfolder)."""
-    for candidate in (folder / "checkpoints", folder):
+    for candidate in (folder / CHECKPOINT_DIR, folder):
         found = [
             (int(m.group(1)), p) for p in candidate.glob("checkpoint_*.pt") if (m := CHECKPOINT_NAME.match(p.name))
         ]

@@ -6,12 +6,13 @@ import ignite.distributed as idist
 import torch
 from torch import nn
 
+from config.choices import DEVICES
 from config.errors import ConfigError, check_choice
 
 
 def resolve_device(choice: str) -> torch.device:
     """MODEL.DEVICE: 'auto' = this process's CUDA device when there is one, else the CPU."""
-    check_choice("MODEL.DEVICE", choice, ("auto", "cpu", "cuda"))
+    check_choice("MODEL.DEVICE", choice, DEVICES)
     if choice == "cpu":
         if idist.get_world_size() > 1 and idist.backend() == "nccl":
             raise ConfigError("MODEL.DEVICE 'cpu' cannot run under the NCCL backend")

@@ -1,22 +1,28 @@
-"""The output folder of a run: logging to log.txt, the merged config, metrics.jsonl, the checkpoints folder."""
+"""The output folder of a run: logging to log.txt, the merged config, the checkpoints folder, record lines
+(file names and record schema: engine/reporting/run_files.py)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import ignite.distributed as idist
 
 from config import UserError
+from engine.reporting.run_files import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    append_record,
+    atomic_write_text,
+)
 
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 
 
-def setup_logging(output_dir: Path | None, log_name: str = "log.txt") -> None:
+def setup_logging(output_dir: Path | None, log_name: str = LOG_FILE) -> None:
     """Console logging on every rank (warnings only off rank 0) and OUTPUT_DIR/log.txt on rank 0."""
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -37,7 +43,7 @@ def setup_logging(output_dir: Path | None, log_name: str = "log.txt") -> None:
 def prepare_output_dir(output_dir: str | Path, resuming: bool) -> Path:
     """Create OUTPUT_DIR; refuse to start a fresh run over one that already holds checkpoints."""
     path = Path(output_dir)
-    checkpoints = path / "checkpoints"
+    checkpoints = path / CHECKPOINT_DIR
     if not resuming and checkpoints.is_dir() and any(checkpoints.glob("*.pt")):
         raise UserError(
             f"OUTPUT_DIR {path} already holds a run (checkpoints in {checkpoints}); continue it with "
@@ -52,22 +58,13 @@ def prepare_output_dir(output_dir: str | Path, resuming: bool) -> Path:
     return path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that a crash leaves either the old or the new content, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
-def save_config(cfg, output_dir: Path, name: str = "config.yaml") -> None:
+def save_config(cfg, output_dir: Path, name: str = CONFIG_FILE) -> None:
     """The merged config, as a YAML file that --config_file accepts (rank 0 only)."""
     if idist.get_rank() == 0:
         atomic_write_text(output_dir / name, cfg.dump())
 
 
-def append_metrics(output_dir: Path, record: dict, name: str = "metrics.jsonl") -> None:
-    """One JSON object per evaluation (rank 0 only)."""
+def append_metrics(output_dir: Path, record: dict, name: str = METRICS_FILE) -> None:
+    """One record (a JSON line) appended to OUTPUT_DIR/`name` by rank 0."""
     if idist.get_rank() == 0:
-        with open(output_dir / name, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_record(output_dir / name, record)

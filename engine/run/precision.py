@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from config.choices import AMP_MODES
 from config.errors import ConfigError, check_choice
-
-AMP_CHOICES = ("auto", "none", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,7 @@ class Precision:
 
 def resolve_precision(amp: str, device: torch.device) -> Precision:
     """SOLVER.AMP on `device`: 'auto' = fp16 on CUDA and off on CPU; fp16 on CPU is refused."""
-    check_choice("SOLVER.AMP", amp, AMP_CHOICES)
+    check_choice("SOLVER.AMP", amp, AMP_MODES)
     if amp == "auto":
         amp = "fp16" if device.type == "cuda" else "none"
     if amp == "none":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from config.choices import LAST_STRIDES
 from config.errors import check_choice
 from modeling.backbones.bn_inception import BNInception
 from modeling.backbones.resnet import RESNETS, ResNetBackbone
@@ -27,7 +28,7 @@ INPUT_CONVENTIONS["bn_inception"] = BNInception.input_convention
 def build_backbone(cfg) -> nn.Module:
     """The backbone named by MODEL.NAME, randomly initialised (weights are loaded by modeling.weights)."""
     check_choice("MODEL.NAME", cfg.MODEL.NAME, tuple(BACKBONES))
-    check_choice("MODEL.LAST_STRIDE", cfg.MODEL.LAST_STRIDE, (1, 2))
+    check_choice("MODEL.LAST_STRIDE", cfg.MODEL.LAST_STRIDE, LAST_STRIDES)
     return BACKBONES[cfg.MODEL.NAME](last_stride=cfg.MODEL.LAST_STRIDE)
 
 

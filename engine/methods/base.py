@@ -1,0 +1,87 @@
+"""What a training method is given (`Run`, everything a run has built) and what it provides (`TrainingMethod`).
+
+A method owns the training step: it builds the ignite process function, attaches its own handlers (a second
+loader, a memory bank, re-clustering at epoch start, a sampler swap), names the state it adds to checkpoints
+(so that resume stays exact) and the epoch statistics it logs. engine/training.py builds the Run, asks the
+registry (engine/methods/__init__.py, by SOLVER.METHOD) for the method, and composes the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+from torch import nn
+from yacs.config import CfgNode
+
+from data.build import DataBundle
+from engine.handlers.epoch_seeding import Reseeder
+from engine.run.precision import Precision
+from solver import Solver
+
+
+@dataclass
+class Run:
+    """Everything one training run has built, handed to its training method.
+
+    `model` / `criterion` are the modules themselves (state dicts, evaluation, BN switches, their attributes);
+    `trained_model` / `trained_criterion` are what the training step calls: their DistributedDataParallel
+    wrappers with several processes, the modules themselves otherwise. `reseeders` are called at each epoch
+    start with (epoch, the epoch's seed), in order; a method appends its own (e.g. a validation loader's) in
+    its constructor.
+    """
+
+    cfg: CfgNode
+    model: nn.Module
+    trained_model: nn.Module
+    criterion: nn.Module
+    trained_criterion: nn.Module
+    solver: Solver
+    scaler: torch.amp.GradScaler
+    precision: Precision
+    device: torch.device
+    data: DataBundle
+    output_dir: Path
+    reseeders: list[Reseeder] = field(default_factory=list)
+
+    def to_device(self, batch: dict) -> dict:
+        """The batch's tensors on the run's device (non-blocking from pinned memory); other values as they are."""
+        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class TrainingMethod:
+    """One way of training. Subclasses set `name` (the SOLVER.METHOD value) and implement `process_function`;
+    the other hooks do nothing by default.
+
+    - `process_function()`: the ignite process function `(engine, batch) -> output`; the output holds at least
+      every name of `run.criterion.part_names` ('loss' and the loss parts) as detached scalar tensors.
+    - `attach(trainer)`: the method's own handlers. They are attached after epoch seeding and warm epochs, and
+      before progress, schedule, evaluation and checkpoint handlers (engine/training.py::attach_run_handlers),
+      so that an EPOCH_STARTED handler sees the epoch's seeds and an EPOCH_COMPLETED handler runs before the
+      epoch is logged, evaluated and checkpointed.
+    - `checkpoint_state()`: {name: object with state_dict()/load_state_dict()} saved in every checkpoint and
+      restored on resume; names must not clash with the run's own ('model', 'loss', 'solver', 'scaler',
+      'trainer', 'best').
+    - `stat_names`: epoch statistics the method leaves in `trainer.state.metrics` at EPOCH_COMPLETED (e.g. the
+      optimizer steps taken); they are logged, written to train_metrics.jsonl and to TensorBoard.
+    """
+
+    name: str = ""
+    stat_names: tuple[str, ...] = ()
+
+    def __init__(self, run: Run):
+        self.run = run
+
+    def process_function(self) -> Callable[[Engine, Any], dict]:
+        raise NotImplementedError(f"training method {type(self).__name__} has no process function")
+
+    def attach(self, trainer: Engine) -> None:
+        """Attach the method's own handlers (none by default)."""
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """State the method adds to checkpoints (none by default)."""
+        return {}
