@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from config.choices import DIST_METRICS
 from engine.evaluation.feature_ops import check_feature_pair, row_sq_norms
 
 __all__ = [
@@ -59,8 +60,8 @@ __all__ = [
     "unpack_index",
 ]
 
-#: Built-in distance metrics.
-VALID_METRICS: tuple[str, ...] = ("euclidean", "cosine")
+#: Built-in distance metrics (TEST.DIST_METRIC's choices).
+VALID_METRICS: tuple[str, ...] = DIST_METRICS
 
 IdArray = torch.Tensor | np.ndarray | Sequence[int]
 #: ``distance_fn(query_rows, gallery) -> (rows, G)`` distances from fp32 features (smaller = more similar).
