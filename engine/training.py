@@ -26,7 +26,7 @@ from engine.handlers import (
     loader_reseeder,
 )
 from engine.handlers.evaluation import every
-from engine.methods import Run, TrainingMethod, build_method
+from engine.methods import Run, TrainingMethod, build_method, check_method
 from engine.reporting.run_files import BEST_MODEL_FILE, CHECKPOINT_DIR
 from engine.reporting.tensorboard_logging import RunTensorboard
 from engine.run.checkpoints import build_checkpointer, load_training_state, resolve_resume_path
@@ -155,6 +155,7 @@ def attach_run_handlers(trainer: Engine, run: Run, method: TrainingMethod) -> tu
 
 def train(cfg, resume: str | None = None) -> dict:
     """Train per `cfg` (optionally resuming), evaluating every SOLVER.EVAL_PERIOD; returns the last metrics."""
+    check_method(cfg)  # a registry name: checked here rather than at load, but before anything is built
     resume_path = resolve_resume_path(resume) if resume is not None else None  # before anything is written
     output_dir = prepare_output_dir(cfg.OUTPUT_DIR, resuming=resume_path is not None)
     setup_logging(output_dir)

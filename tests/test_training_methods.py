@@ -294,3 +294,19 @@ def test_grad_accum_under_torchrun_with_two_processes(market_root, tmp_path, fre
     checkpoint = torch.load(out / "checkpoints/checkpoint_2.pt", weights_only=True)
     assert checkpoint["grad_accum"] == {"optimizer_steps_total": 2 * per_epoch}
     assert [r["epoch"] for r in eval_records(out)] == [2]
+
+
+def test_train_py_refuses_an_unknown_method_in_one_line_before_writing_anything(tmp_path):
+    out = tmp_path / "never"
+    proc = subprocess.run(
+        [sys.executable, "train.py", "SOLVER.METHOD", "mmsi_typo", "OUTPUT_DIR", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: SOLVER.METHOD = 'mmsi_typo' is not valid; expected one of: 'standard', 'grad_accum'"
+    ]
+    assert not out.exists()

@@ -17,9 +17,15 @@ METHODS: dict[str, type[TrainingMethod]] = {
 RUN_STATE_NAMES = ("model", "loss", "solver", "scaler", "trainer", "best")
 
 
+def check_method(cfg) -> None:
+    """SOLVER.METHOD names a registered method (else one line listing the valid ones); train() asks before
+    anything is built."""
+    check_choice("SOLVER.METHOD", cfg.SOLVER.METHOD, tuple(METHODS))
+
+
 def build_method(cfg, run: Run) -> TrainingMethod:
     """The training method of SOLVER.METHOD for `run` (an unknown name exits listing the valid ones)."""
-    check_choice("SOLVER.METHOD", cfg.SOLVER.METHOD, tuple(METHODS))
+    check_method(cfg)
     method = METHODS[cfg.SOLVER.METHOD](run)
     clash = sorted(set(method.checkpoint_state()) & set(RUN_STATE_NAMES))
     if clash:
@@ -27,4 +33,4 @@ def build_method(cfg, run: Run) -> TrainingMethod:
     return method
 
 
-__all__ = ["METHODS", "Run", "TrainingMethod", "build_method"]
+__all__ = ["METHODS", "Run", "TrainingMethod", "build_method", "check_method"]
