@@ -32,13 +32,16 @@ logger = logging.getLogger("test")
 
 class RankingInputs:
     """What rank pictures and ranked lists of one evaluated dataset need (its first trial): paths, labels,
-    cameras, raw embedding norms, and the distance the metrics ranked by (TEST.DIST_METRIC or NAMA's
-    TEST.NORM_K distance)."""
+    cameras, raw embedding norms, and the ranking of the metrics of test_metrics.json.
+
+    The gallery of every query is ordered by the very distance blocks the metrics ranked (same provider,
+    metric, distance function and chunking): FeatureDistances' ranking form of TEST.DIST_METRIC, NAMA's
+    TEST.NORM_K distance, or with TEST.RE_RANKING the KReciprocalReranker's re-ranked distances.  Without
+    re-ranking the distance shown is the readable one (Euclidean distance, 1 - cos, NAMA's angle) of the shown
+    items; with it, the re-ranked distance."""
 
     def __init__(self, evaluation: DatasetEvaluation):
         import numpy as np
-
-        from engine.evaluation.protocol import display_distance
 
         spec, last = evaluation.spec, evaluation.metric.last
         self.spec = spec
@@ -46,7 +49,8 @@ class RankingInputs:
         device = last["feats"].device
         self._query = last["feats"][torch.as_tensor(q_index, device=device)]
         self._gallery = last["feats"][torch.as_tensor(g_index, device=device)]
-        self._distance = display_distance(spec, last["uc"][torch.as_tensor(g_index, device=device)])
+        uc = last.get("uc")
+        self._gallery_uc = None if uc is None else uc[torch.as_tensor(g_index, device=uc.device)]
         records = evaluation.splits.eval_records()
         self.query_paths = [records[i].path for i in q_index]
         self.gallery_paths = [records[i].path for i in g_index]
@@ -55,12 +59,51 @@ class RankingInputs:
         self.query_camids, self.gallery_camids = camids[q_index], camids[g_index]
         self.query_norms, self.gallery_norms = norms[q_index], norms[g_index]
 
+    def _chunk_size(self) -> int:
+        """The query chunk of the metrics (TEST.EVAL_CHUNK, else the metric function's default): the same
+        blocks, to the last bit, as the metrics ranked."""
+        from engine.evaluation import reid_metrics, retrieval_metrics
+
+        if self.spec.chunk_size > 0:
+            return self.spec.chunk_size
+        # reid_metrics' and rerank_and_evaluate's default, or retrieval_metrics'
+        module = reid_metrics if self.spec.protocol == "reid" else retrieval_metrics
+        return module.DEFAULT_CHUNK_SIZE
+
+    def order_source(self):
+        """(ranking blocks, display pair function or None) as engine.evaluation.protocol's metrics rank the
+        first trial: the re-ranker's block function with TEST.RE_RANKING (its distances shown as they are),
+        else FeatureDistances of the spec's metric / NAMA distance with display_distance for showing."""
+        from engine.evaluation.protocol import display_distance, uncertainty_distance
+        from engine.evaluation.ranking import FeatureDistances
+
+        spec = self.spec
+        if spec.re_ranking is not None:
+            from engine.evaluation.reranking import KReciprocalReranker
+
+            k1, k2, lam = spec.re_ranking
+            reranker = KReciprocalReranker(self._query, self._gallery, k1, k2, lam, self._chunk_size())
+            return reranker.distance_block, None
+        distance_fn = None
+        if spec.norm_k != 0:
+            distance_fn = uncertainty_distance(self._gallery_uc, spec.norm_k)
+        blocks = FeatureDistances(self._query, self._gallery, spec.dist_metric, distance_fn)
+        pair_fn = display_distance(spec, self._gallery_uc)
+        feats_device = self._query.device
+
+        def display(query_index: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
+            qi, gi = query_index.to(feats_device), gallery_index.to(feats_device)
+            return pair_fn(self._query[qi].float(), self._gallery[gi].float(), gi)
+
+        return blocks, display
+
     def ranked(self, top_k: int):
         """engine.reporting.rank_pictures.ranked_lists of every query (the top_k - 1 best valid items + last match)."""
         from engine.reporting.rank_pictures import ranked_lists
 
+        blocks, display = self.order_source()
         return ranked_lists(
-            lambda start, stop: self._distance(self._query[start:stop], self._gallery),
+            blocks,
             len(self.query_paths),
             self.query_labels,
             self.query_camids,
@@ -68,7 +111,9 @@ class RankingInputs:
             self.gallery_camids,
             top_k=top_k,
             reid=self.spec.protocol == "reid",
+            chunk=self._chunk_size(),
             query_is_gallery=self.spec.query_is_gallery,
+            display=display,
         )
 
 

@@ -127,13 +127,27 @@ def uncertainty_distance(gallery_uc: torch.Tensor, k: float):
 
 
 def display_distance(spec: EvalSpec, gallery_uc: torch.Tensor | None = None):
-    """distance_fn(q, g) of the distance the spec ranks by, in readable units (Euclidean distance, 1 - cos,
-    or NAMA's angle minus K u_g): what rank pictures and ranked lists print."""
+    """pair_fn(query_rows, gallery_rows, gallery_index) of the distance the spec ranks by, in readable units
+    (Euclidean distance, 1 - cos, or NAMA's angle minus K u_g): what rank pictures and ranked lists print.
+
+    Row i of the (n, D) query_rows is paired with row i of gallery_rows (gallery item gallery_index[i], which
+    picks its offset in gallery_uc); the result is the (n,) distances of the pairs.  Only the shown items are
+    measured: the order itself comes from the blocks the metrics ranked by.
+    """
     if spec.norm_k != 0:
-        return uncertainty_distance(gallery_uc, spec.norm_k)
+        if gallery_uc is None:
+            raise ValueError("spec.norm_k needs the gallery's uncertainty offsets gallery_uc")
+
+        def angle(q: torch.Tensor, g: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            chord = (2.0 - 2.0 * (q * g).sum(dim=1)).clamp_min(0.0).sqrt()
+            uc = gallery_uc.to(chord)[index.to(chord.device)]
+            return 2.0 * torch.asin((chord / 2.0).clamp(max=1.0)) - spec.norm_k * uc
+
+        return angle
     if spec.dist_metric == "cosine":
-        return lambda q, g: 1.0 - torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(g, dim=1).t()
-    return lambda q, g: torch.cdist(q, g)
+        normalize = torch.nn.functional.normalize
+        return lambda q, g, index: 1.0 - (normalize(q, dim=1) * normalize(g, dim=1)).sum(dim=1)
+    return lambda q, g, index: torch.linalg.vector_norm(q - g, dim=1)
 
 
 def _mean_of_trials(results: list[dict]) -> dict:

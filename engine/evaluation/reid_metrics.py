@@ -79,6 +79,9 @@ from engine.evaluation.ranking import (
     order_keys,
 )
 
+#: Queries ranked at once by default (bounds memory to DEFAULT_CHUNK_SIZE x gallery size).
+DEFAULT_CHUNK_SIZE = 256
+
 __all__ = ["reid_metrics", "reid_metrics_from_distances", "VALID_METRICS", "IdArray", "DistanceFn"]
 
 # Histogram bins per query row: about G / 8, a power of two in [16, 4096]; and
@@ -364,7 +367,7 @@ def reid_metrics(
     gallery_camids: IdArray,
     max_rank: int = 50,
     metric: str = "euclidean",
-    chunk_size: int = 256,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     distance_fn: DistanceFn | None = None,
     return_per_query: bool = False,
     *,
@@ -456,7 +459,7 @@ def reid_metrics_from_distances(
     query_camids: IdArray,
     gallery_camids: IdArray,
     max_rank: int = 50,
-    chunk_size: int = 256,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     return_per_query: bool = False,
     *,
     use_binning: bool = True,

@@ -56,7 +56,7 @@ import torch
 
 from engine.evaluation.feature_ops import check_feature_pair, row_sq_norms
 from engine.evaluation.ranking import INT64_MAX, IdArray, metric_block, smallest_k, unpack_index
-from engine.evaluation.reid_metrics import reid_metrics_from_distances
+from engine.evaluation.reid_metrics import DEFAULT_CHUNK_SIZE, reid_metrics_from_distances
 
 __all__ = [
     "DEFAULT_MAX_DENSE_ITEMS",
@@ -302,7 +302,7 @@ class KReciprocalReranker:
         k1: int = 20,
         k2: int = 6,
         lambda_value: float = 0.3,
-        chunk_size: int = 256,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
         *,
         pair_budget: int = DEFAULT_PAIR_BUDGET,
         gather_budget: int = DEFAULT_GATHER_BUDGET,
@@ -499,7 +499,7 @@ def rerank_and_evaluate(
     k2: int = 6,
     lambda_value: float = 0.3,
     max_rank: int = 50,
-    chunk_size: int = 256,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     return_per_query: bool = False,
     *,
     pair_budget: int = DEFAULT_PAIR_BUDGET,

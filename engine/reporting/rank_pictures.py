@@ -26,7 +26,8 @@ Picture layout
 --------------
 A row of ``k + 1`` equal tiles (see :func:`tile_size`): the query (grey background, dark border; caption:
 pid, AP in %, norm if given), then the top ``k - 1`` valid gallery items (border green for a true match,
-red otherwise; caption: rank, distance, pid, norm), then the *last slot*: the lowest-ranked true match,
+red otherwise; caption: rank, distance, pid, norm; test.py shows the readable distance, or with
+TEST.RE_RANKING the re-ranked distance its order comes from), then the *last slot*: the lowest-ranked true match,
 with a blue border when it is not among the ``k - 1`` items already shown and green when it is (the row
 then already holds every true match).  A query without any true match leaves the last slot empty (a blank
 tile captioned "no true match"): showing the k-th valid item there would pass a non-match off as the last
@@ -40,7 +41,7 @@ import csv
 import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FloatArray = torch.Tensor | np.ndarray | Sequence[float]
+#: ``display(query_index, gallery_index) -> (n,)`` distances of ``n`` (query, gallery) pairs, for showing.
+PairDistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PathLike = str | Path
 
 # Tile geometry (pixels): margin around the framed image, frame width.  The frame is wide enough for its
@@ -140,6 +143,7 @@ def ranked_lists(
     query_is_gallery: bool = False,
     *,
     numpy_sort_on_cpu: bool = True,
+    display: PairDistanceFn | None = None,
 ) -> list[RankedQuery]:
     """Rank the gallery for every query (see the module docstring for the protocol).
 
@@ -160,6 +164,12 @@ def ranked_lists(
         numpy_sort_on_cpu: sort CPU fp32 rows with numpy's integer sort (faster); ``False`` takes the torch
             sort that CUDA tensors take.  The order is the same (see
             :func:`engine.evaluation.ranking.row_order`).
+        display: the distance shown for a ranked item when it is not the one ranked by:
+            ``display(query_index, gallery_index)`` gets two int64 ``(n,)`` tensors of pairs (indices into
+            the queries and the gallery) and returns their ``(n,)`` distances.  For blocks in a ranking form
+            that is not readable (e.g. ``||g||^2 - 2 q.g``, which drops ``||q||^2``): ``dist_fn`` gives the
+            order, ``display`` the ``distances`` / ``last_match_distance`` of the items kept.  ``None``: the
+            ranked distances themselves.
 
     Returns:
         One :class:`RankedQuery` per query, in query order.
@@ -225,17 +235,19 @@ def ranked_lists(
         m_j = mcount[m_rows, m_pos].cpu().numpy().astype(np.float64)
         m_rows_np = m_rows.cpu().numpy()
         m_idx = order[m_rows, m_pos]
-        # (widened by torch: numpy warns on signalling NaNs, which a distance function may return)
-        m_dist = dist[m_rows, m_idx].double().cpu().numpy()
         m_idx_np = m_idx.cpu().numpy()
         nm = num_matches.cpu().numpy().astype(np.int64)
         ap = np.bincount(m_rows_np, weights=m_j / np.maximum(m_rank, 1.0), minlength=c)
         ap = np.where(nm > 0, ap / np.maximum(nm, 1), 0.0)
         last = np.cumsum(nm) - 1  # flat position of each row's last match (valid where nm > 0)
+        # Distances only of what a record keeps: each row's last match, then its top items.
+        last_flat = torch.as_tensor(last[nm > 0], device=dev)
+        m_dist = np.zeros(len(m_rows_np), dtype=np.float64)
+        m_dist[last[nm > 0]] = _shown(dist, display, start, m_rows[last_flat], m_idx[last_flat])
 
         t_rows, t_pos = (v_sorted & (vrank <= keep)).nonzero(as_tuple=True)
         t_idx = order[t_rows, t_pos]
-        t_dist = dist[t_rows, t_idx].double().cpu().numpy()
+        t_dist = _shown(dist, display, start, t_rows, t_idx)
         t_match = match[t_rows, t_idx].cpu().numpy()
         t_idx_np = t_idx.cpu().numpy().astype(np.int64)
         t_count = torch.bincount(t_rows, minlength=c).cpu().numpy()
@@ -262,6 +274,21 @@ def ranked_lists(
                 )
             )
     return records
+
+
+def _shown(
+    dist: torch.Tensor, display: PairDistanceFn | None, start: int, rows: torch.Tensor, cols: torch.Tensor
+) -> np.ndarray:
+    """float64 distances of the items (rows, cols) of a chunk starting at query ``start``: the ranked block's
+    values, or ``display``'s for the pairs (query ``start + row``, gallery ``col``)."""
+    if display is None:
+        # (widened by torch: numpy warns on signalling NaNs, which a distance function may return)
+        return dist[rows, cols].double().cpu().numpy()
+    got = display(rows + start, cols)
+    if not isinstance(got, torch.Tensor) or tuple(got.shape) != (rows.numel(),):
+        shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+        raise ValueError(f"display returned {shape}, expected ({rows.numel()},)")
+    return got.detach().double().cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------------------------

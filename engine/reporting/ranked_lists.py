@@ -8,6 +8,9 @@ do); a final row per query with rank = the rank of its lowest-ranked true match 
 match column's place marks it when that match lies beyond k.
 JSON: a list of {"query": path, "label", "camid", "ap", "ranked": [{"rank", "path", "label", "camid",
 "distance", "match"}...], "last_match": {"rank", "path", "distance"} or null}.
+Order and distance (both formats): the gallery is in the order the metrics of test_metrics.json ranked it;
+`distance` is the readable distance of the item (Euclidean distance, 1 - cos, or NAMA's angle minus K u_g
+with TEST.NORM_K) or, with TEST.RE_RANKING yes, the re-ranked distance the order comes from.
 """
 
 from __future__ import annotations
