@@ -106,9 +106,12 @@ def attach_run_handlers(trainer: Engine, run: Run, method: TrainingMethod) -> tu
                        2 TrainingProgress (epoch line, train_metrics.jsonl)
                        3 TensorBoard (averages, statistics, learning rates of the epoch just trained)
                        4 ScheduleStepping (learning rates of the next epoch)
-                       5 PeriodicEvaluation -> EVALUATION_COMPLETED: BestModel (best.pt), then EvaluationRecords
+                       5 the checkpoint, before the evaluation: a failed evaluation (an unreadable gallery image,
+                         memory, a full disk while best.pt is written) loses no training; the checkpoint's best
+                         score is the one before this epoch's evaluation (BestModel.catch_up reads best.pt
+                         after a resume)
+                       6 PeriodicEvaluation -> EVALUATION_COMPLETED: BestModel (best.pt), then EvaluationRecords
                          (log lines, metrics.jsonl, TensorBoard, curves), which carry the best score
-                       6 the checkpoint (after evaluation: it holds the best score of this epoch)
     COMPLETED          TensorBoard closes its files
     """
     cfg = run.cfg
@@ -119,6 +122,7 @@ def attach_run_handlers(trainer: Engine, run: Run, method: TrainingMethod) -> tu
         run.model,
         cfg.SOLVER.EVAL_PERIOD,
         max_epochs,
+        run.output_dir,
     )
     best = BestModel(run.model, run.output_dir / BEST_MODEL_FILE, evaluation.main_metric)
     tensorboard = RunTensorboard(cfg, run.output_dir)
@@ -134,9 +138,6 @@ def attach_run_handlers(trainer: Engine, run: Run, method: TrainingMethod) -> tu
     ).attach(trainer)
     tensorboard.attach(trainer, part_names, run.solver, cfg.SOLVER.LOG_PERIOD, method.stat_names)
     ScheduleStepping(run.solver).attach(trainer)
-    evaluation.attach(trainer)
-    best.attach(trainer)
-    records.attach(trainer)
     to_save = {
         "model": run.model,
         "loss": run.criterion,
@@ -150,6 +151,9 @@ def attach_run_handlers(trainer: Engine, run: Run, method: TrainingMethod) -> tu
         Events.EPOCH_COMPLETED(event_filter=every(cfg.SOLVER.CHECKPOINT_PERIOD, max_epochs)),
         build_checkpointer(run.output_dir / CHECKPOINT_DIR, to_save),
     )
+    evaluation.attach(trainer)
+    best.attach(trainer)
+    records.attach(trainer)
     return to_save, records
 
 
@@ -175,6 +179,7 @@ def train(cfg, resume: str | None = None) -> dict:
     max_epochs = cfg.SOLVER.MAX_EPOCHS
     if resume_path is not None:
         load_training_state(resume_path, to_save)
+        to_save["best"].catch_up(trainer.state.epoch)
         if trainer.state.epoch >= max_epochs:
             raise UserError(
                 f"--resume {resume_path}: that run already finished epoch {trainer.state.epoch} of "
