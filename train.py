@@ -5,5 +5,7 @@ from engine.training import train
 
 if __name__ == "__main__":
     run_entry_point(
-        lambda cfg, args: train(cfg, resume=args.resume), "Train a re-ID / metric-learning model.", with_resume=True
+        lambda cfg, args: train(cfg, resume=args.resume, config_file=args.config_file),
+        "Train a re-ID / metric-learning model.",
+        with_resume=True,
     )

@@ -161,7 +161,10 @@ def merge_yaml_file(cfg: CfgNode, path: str | Path) -> None:
     try:
         content = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(content, dict):
         raise ConfigError(f"config file {path} must hold a mapping of config groups, got {type(content).__name__}")
     _merge_dict(cfg, content, str(path), cfg)

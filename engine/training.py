@@ -29,7 +29,7 @@ from engine.handlers.evaluation import every
 from engine.methods import Run, TrainingMethod, build_method, check_method
 from engine.reporting.run_files import BEST_MODEL_FILE, CHECKPOINT_DIR
 from engine.reporting.tensorboard_logging import RunTensorboard
-from engine.run.checkpoints import build_checkpointer, load_training_state, resolve_resume_path
+from engine.run.checkpoints import build_checkpointer, latest_checkpoint, load_training_state, resolve_resume_path
 from engine.run.device import distribute, resolve_device
 from engine.run.output_dir import prepare_output_dir, save_config, setup_logging
 from engine.run.precision import resolve_precision
@@ -157,8 +157,10 @@ def attach_run_handlers(trainer: Engine, run: Run, method: TrainingMethod) -> tu
     return to_save, records
 
 
-def train(cfg, resume: str | None = None) -> dict:
-    """Train per `cfg` (optionally resuming), evaluating every SOLVER.EVAL_PERIOD; returns the last metrics."""
+def train(cfg, resume: str | None = None, config_file: str | None = None) -> dict:
+    """Train per `cfg` (optionally resuming), evaluating every SOLVER.EVAL_PERIOD; returns the last metrics.
+
+    `config_file`: the --config_file train.py was given ('' = none: the log says the defaults are used)."""
     check_method(cfg)  # a registry name: checked here rather than at load, but before anything is built
     resume_path = resolve_resume_path(resume) if resume is not None else None  # before anything is written
     output_dir = prepare_output_dir(cfg.OUTPUT_DIR, resuming=resume_path is not None)
@@ -168,6 +170,11 @@ def train(cfg, resume: str | None = None) -> dict:
             "Resuming from %s, which is not under OUTPUT_DIR %s: the continued run writes to the latter",
             resume_path,
             output_dir,
+        )
+    if config_file == "":
+        logger.warning(
+            "No --config_file given: training with the defaults of config/defaults.py and the command "
+            "line's KEY VALUE pairs"
         )
     log_config_changes(cfg)
     save_config(cfg, output_dir)
@@ -189,10 +196,18 @@ def train(cfg, resume: str | None = None) -> dict:
     trainer.run(run.data.train_loader, max_epochs=max_epochs)
     loss = trainer.state.output["loss"] if trainer.state.output else None
     if loss is not None and not torch.isfinite(loss):
+        if trainer.state.iteration == 1:  # before any step: not the learning rate's doing
+            advice = (
+                "it was not finite before any optimizer step, so look at the config rather than the learning "
+                "rate: the loss's keys (scales, margins), the input normalisation, MODEL.PRETRAIN_PATH, SOLVER.AMP"
+            )
+        else:
+            advice = "lower SOLVER.BASE_LR, lengthen the warm-up, or set SOLVER.AMP none"
+        latest = latest_checkpoint(output_dir)
+        kept = f"the latest checkpoint is {latest}" if latest is not None else "no checkpoint was written yet"
         raise NonFiniteLossError(
             f"training stopped: the loss became {loss.item()} at epoch {trainer.state.epoch}, iteration "
-            f"{trainer.state.iteration}; lower SOLVER.BASE_LR, lengthen the warm-up, or set SOLVER.AMP none. "
-            f"Checkpoints of earlier epochs are in {output_dir / CHECKPOINT_DIR}"
+            f"{trainer.state.iteration}; {advice}; {kept}"
         )
     best = to_save["best"]
     logger.info(

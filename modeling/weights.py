@@ -18,8 +18,19 @@ class WeightsMismatchError(UserError):
 
 
 def read_weights_file(path: str | Path, what: str = "weights file") -> dict:
-    """torch.load a local file on the CPU, or raise UserError naming it (`what`: the key that named it)."""
+    """torch.load a local file on the CPU, or raise UserError naming it (`what`: the key that named it). A run
+    folder (an OUTPUT_DIR of train.py) stands for its best.pt."""
     path = Path(path)
+    if path.is_dir():
+        if (path / "best.pt").is_file():
+            path = path / "best.pt"
+        else:
+            found = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+            shown = ", ".join(found[:8]) + (", ..." if len(found) > 8 else "") if found else "nothing"
+            raise UserError(
+                f"{what} {path} is a folder without best.pt (it holds {shown}); expected a .pt file, or a run "
+                "folder of train.py holding best.pt"
+            )
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist")
     try:

@@ -175,8 +175,29 @@ def test_nan_loss_stops_training_with_a_clear_error(market_root, tmp_path, monke
     from layers.triplet import BatchHardTripletLoss
 
     monkeypatch.setattr(BatchHardTripletLoss, "forward", lambda self, f, y: f.sum() * float("nan"))
-    with pytest.raises(NonFiniteLossError, match="loss became nan at epoch 1"):
+    with pytest.raises(NonFiniteLossError, match="loss became nan at epoch 1") as error:
         train(load_config(None, tiny_opts(market_root, tmp_path / "nan")))
+    # not finite before any step: the config, not the learning rate; and no checkpoint exists yet
+    assert "before any optimizer step" in str(error.value) and "no checkpoint was written yet" in str(error.value)
+
+
+def test_a_later_nan_loss_points_at_the_learning_rate_and_the_latest_checkpoint(market_root, tmp_path, monkeypatch):
+    from layers.triplet import BatchHardTripletLoss
+
+    original = BatchHardTripletLoss.forward
+    calls = []
+
+    def nan_in_epoch_two(self, feats, labels):
+        calls.append(1)
+        value = original(self, feats, labels)
+        return value * float("nan") if len(calls) > 3 else value  # an epoch of this tree has 3 batches
+
+    monkeypatch.setattr(BatchHardTripletLoss, "forward", nan_in_epoch_two)
+    out = tmp_path / "nan_later"
+    with pytest.raises(NonFiniteLossError, match="loss became nan at epoch 2") as error:
+        train(load_config(None, tiny_opts(market_root, out, **{"SOLVER.CHECKPOINT_PERIOD": "1"})))
+    assert "lower SOLVER.BASE_LR" in str(error.value)
+    assert f"the latest checkpoint is {out / 'checkpoints' / 'checkpoint_1.pt'}" in str(error.value)
 
 
 def test_unreadable_image_is_named(market_root, tmp_path):

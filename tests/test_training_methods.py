@@ -310,3 +310,17 @@ def test_train_py_refuses_an_unknown_method_in_one_line_before_writing_anything(
         "error: SOLVER.METHOD = 'mmsi_typo' is not valid; expected one of: 'standard', 'grad_accum'"
     ]
     assert not out.exists()
+
+
+def test_training_without_a_config_file_says_the_defaults_are_used(tmp_path):
+    # the message is logged once logging is set up in OUTPUT_DIR; the run then stops at the missing dataset
+    out = tmp_path / "defaults"
+    proc = subprocess.run(
+        [sys.executable, "train.py", "DATASETS.ROOT_DIR", str(tmp_path / "nowhere"), "OUTPUT_DIR", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "No --config_file given: training with the defaults" in (out / "log.txt").read_text()
