@@ -231,6 +231,8 @@ def test_cli_missing_dataset_and_unreadable_image_exit_without_traceback(market_
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and victim.name in proc.stderr
+    # the DataLoader worker's traceback is not repeated on the console either
+    assert "Traceback" not in proc.stdout, proc.stdout[-2000:]
 
 
 def test_cli_train_then_test(market_root, tmp_path):

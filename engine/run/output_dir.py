@@ -38,6 +38,9 @@ def setup_logging(output_dir: Path | None, log_name: str = LOG_FILE) -> None:
         root.addHandler(file_handler)
     # ignite logs every engine start/stop at INFO; keep its warnings only
     logging.getLogger("ignite").setLevel(logging.WARNING)
+    # An Engine logs every exception that ends its run at ERROR, with a DataLoader worker's whole traceback in
+    # the text; the run reports the exception itself (one line for a user error, its traceback otherwise)
+    logging.getLogger("ignite.engine.engine").setLevel(logging.CRITICAL)
 
 
 def prepare_output_dir(output_dir: str | Path, resuming: bool) -> Path:
