@@ -21,33 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def market_root(tmp_path_factory, make_market_tree):
-    root = tmp_path_factory.mktemp("datasets")
-    make_market_tree(root, train_ids=6, test_ids=5, images_per_id=4, cameras=3, size=(32, 16), seed=0)
-    return root
-
-
-def tiny_opts(root, out, **overrides) -> list[str]:
-    opts = {
-        "MODEL.NAME": "resnet18",
-        "MODEL.PRETRAIN_CHOICE": "none",
-        "DATASETS.ROOT_DIR": str(root),
-        "INPUT.SIZE_TRAIN": "[32, 16]",
-        "INPUT.SIZE_TEST": "[32, 16]",
-        "SOLVER.IMS_PER_BATCH": "8",
-        "DATALOADER.NUM_INSTANCE": "2",
-        "DATALOADER.NUM_WORKERS": "0",
+def tiny_opts(tiny_opts):
+    """The shared tiny run for 2 epochs, evaluated and checkpointed after each (conftest's fixture with this
+    module's settings)."""
+    settings = {
         "SOLVER.MAX_EPOCHS": "2",
         "SOLVER.EVAL_PERIOD": "1",
         "SOLVER.CHECKPOINT_PERIOD": "1",
-        "SOLVER.WARMUP_ITERS": "1",
         "LOG.TENSORBOARD": "no",
         "LOG.PLOTS": "no",
-        "TEST.IMS_PER_BATCH": "16",
-        "OUTPUT_DIR": str(out),
     }
-    opts.update(overrides)
-    return [item for pair in opts.items() for item in pair]
+    return lambda root, out, **overrides: tiny_opts(root, out, **{**settings, **overrides})
 
 
 def test_best_model_catches_up_with_the_evaluation_after_its_checkpoint(tmp_path, caplog):
@@ -71,7 +55,7 @@ def test_best_model_catches_up_with_the_evaluation_after_its_checkpoint(tmp_path
 
 @pytest.mark.e2e
 def test_the_checkpoint_is_on_disk_before_the_evaluation_and_a_crash_says_how_to_resume(
-    market_root, tmp_path, monkeypatch
+    tiny_opts, market_root, tmp_path, monkeypatch
 ):
     out = tmp_path / "run"
     original = DatasetEvaluation.run
@@ -93,7 +77,9 @@ def test_the_checkpoint_is_on_disk_before_the_evaluation_and_a_crash_says_how_to
 
 
 @pytest.mark.e2e
-def test_a_resumed_run_keeps_the_best_score_of_the_evaluation_after_its_checkpoint(market_root, tmp_path, monkeypatch):
+def test_a_resumed_run_keeps_the_best_score_of_the_evaluation_after_its_checkpoint(
+    tiny_opts, market_root, tmp_path, monkeypatch
+):
     """checkpoint_2 is written before epoch 2's evaluation (the only one), so it holds no best score; resumed
     from it, the run must still know that evaluation (best.pt): a worse epoch 3 must not replace it."""
     import json
@@ -112,7 +98,7 @@ def test_a_resumed_run_keeps_the_best_score_of_the_evaluation_after_its_checkpoi
 
 
 @pytest.mark.e2e
-def test_an_unreadable_gallery_image_ends_in_one_line_and_keeps_the_epoch(market_root, tmp_path):
+def test_an_unreadable_gallery_image_ends_in_one_line_and_keeps_the_epoch(tiny_opts, market_root, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(market_root, root)
     victim = sorted((root / "market1501/bounding_box_test").glob("0*.jpg"))[-1]

@@ -20,35 +20,6 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def market_root(tmp_path_factory, make_market_tree):
-    root = tmp_path_factory.mktemp("datasets")
-    make_market_tree(root, train_ids=6, test_ids=5, images_per_id=4, cameras=3, size=(32, 16), seed=0)
-    return root
-
-
-def tiny_opts(root, out, **overrides):
-    opts = {
-        "MODEL.NAME": "resnet18",
-        "MODEL.PRETRAIN_CHOICE": "none",
-        "DATASETS.ROOT_DIR": str(root),
-        "INPUT.SIZE_TRAIN": "[32, 16]",
-        "INPUT.SIZE_TEST": "[32, 16]",
-        "SOLVER.IMS_PER_BATCH": "8",
-        "DATALOADER.NUM_INSTANCE": "2",
-        "DATALOADER.NUM_WORKERS": "0",
-        "SOLVER.MAX_EPOCHS": "3",
-        "SOLVER.EVAL_PERIOD": "2",
-        "SOLVER.CHECKPOINT_PERIOD": "2",
-        "SOLVER.WARMUP_ITERS": "1",
-        "SOLVER.LOG_PERIOD": "1",
-        "OUTPUT_DIR": str(out),
-        "TEST.IMS_PER_BATCH": "16",
-    }
-    opts.update(overrides)
-    return [item for pair in opts.items() for item in pair]
-
-
 def read_metrics(out):
     lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
@@ -58,7 +29,7 @@ def read_metrics(out):
 
 
 @pytest.fixture(scope="module")
-def finished_run(market_root, tmp_path_factory):
+def finished_run(tiny_opts, market_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
     train(load_config(None, tiny_opts(market_root, out)))
     return out
@@ -84,7 +55,7 @@ def test_run_writes_every_output(finished_run):
     assert best["metrics"]["mAP"] == pytest.approx(best_record["mAP"])
 
 
-def test_same_seed_gives_identical_metrics(market_root, finished_run, tmp_path):
+def test_same_seed_gives_identical_metrics(tiny_opts, market_root, finished_run, tmp_path):
     train(load_config(None, tiny_opts(market_root, tmp_path / "again")))
     assert read_metrics(tmp_path / "again") == read_metrics(finished_run)
     a = torch.load(finished_run / "checkpoints/checkpoint_3.pt", weights_only=True)
@@ -94,7 +65,7 @@ def test_same_seed_gives_identical_metrics(market_root, finished_run, tmp_path):
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])
-def test_resume_matches_uninterrupted_run(market_root, tmp_path, workers):
+def test_resume_matches_uninterrupted_run(tiny_opts, market_root, tmp_path, workers):
     full, part = tmp_path / "full", tmp_path / "part"
     train(load_config(None, tiny_opts(market_root, full, **{"DATALOADER.NUM_WORKERS": workers})))
     train(
@@ -120,7 +91,7 @@ def test_resume_matches_uninterrupted_run(market_root, tmp_path, workers):
     )
 
 
-def test_resume_of_a_finished_run_and_reuse_of_a_folder_are_refused(market_root, finished_run):
+def test_resume_of_a_finished_run_and_reuse_of_a_folder_are_refused(tiny_opts, market_root, finished_run):
     with pytest.raises(UserError, match="already finished epoch 3"):
         train(load_config(None, tiny_opts(market_root, finished_run)), resume=str(finished_run))
     with pytest.raises(UserError, match="already holds a run"):
@@ -129,7 +100,7 @@ def test_resume_of_a_finished_run_and_reuse_of_a_folder_are_refused(market_root,
         train(load_config(None, tiny_opts(market_root, finished_run)), resume=str(finished_run / "nope.pt"))
 
 
-def test_test_py_reproduces_the_best_evaluation(market_root, finished_run, tmp_path):
+def test_test_py_reproduces_the_best_evaluation(tiny_opts, market_root, finished_run, tmp_path):
     opts = tiny_opts(market_root, tmp_path / "test", **{"TEST.WEIGHT": str(finished_run / "best.pt")})
     result = run_test(load_config(None, opts))
     best = max(read_metrics(finished_run), key=lambda r: r["mAP"])
@@ -139,7 +110,7 @@ def test_test_py_reproduces_the_best_evaluation(market_root, finished_run, tmp_p
     assert saved["mAP"] == pytest.approx(result["mAP"])
 
 
-def test_checkpoint_that_does_not_fit_names_the_mismatch(market_root, finished_run, tmp_path):
+def test_checkpoint_that_does_not_fit_names_the_mismatch(tiny_opts, market_root, finished_run, tmp_path):
     opts = tiny_opts(
         market_root, tmp_path / "t", **{"TEST.WEIGHT": str(finished_run / "best.pt"), "MODEL.NAME": "resnet34"}
     )
@@ -151,12 +122,12 @@ def test_checkpoint_that_does_not_fit_names_the_mismatch(market_root, finished_r
         )
 
 
-def test_test_py_without_weight_evaluates_the_untrained_model(market_root, tmp_path):
+def test_test_py_without_weight_evaluates_the_untrained_model(tiny_opts, market_root, tmp_path):
     result = run_test(load_config(None, tiny_opts(market_root, tmp_path / "untrained")))
     assert result["weight"] == "untrained (none)" and 0.0 < result["mAP"] <= 1.0
 
 
-def test_bf16_autocast_on_cpu_trains_and_fp16_is_refused(market_root, tmp_path):
+def test_bf16_autocast_on_cpu_trains_and_fp16_is_refused(tiny_opts, market_root, tmp_path):
     # 64x32 inputs: with 32x16 ones, layer3's first convolution sees 4x2 maps, on which the CPU's bf16
     # convolution (torch 2.14) returns NaN from finite weights and inputs in most runs
     opts = {
@@ -171,7 +142,7 @@ def test_bf16_autocast_on_cpu_trains_and_fp16_is_refused(market_root, tmp_path):
         train(load_config(None, tiny_opts(market_root, tmp_path / "fp16", **{"SOLVER.AMP": "fp16"})))
 
 
-def test_nan_loss_stops_training_with_a_clear_error(market_root, tmp_path, monkeypatch):
+def test_nan_loss_stops_training_with_a_clear_error(tiny_opts, market_root, tmp_path, monkeypatch):
     from layers.triplet import BatchHardTripletLoss
 
     monkeypatch.setattr(BatchHardTripletLoss, "forward", lambda self, f, y: f.sum() * float("nan"))
@@ -181,7 +152,9 @@ def test_nan_loss_stops_training_with_a_clear_error(market_root, tmp_path, monke
     assert "before any optimizer step" in str(error.value) and "no checkpoint was written yet" in str(error.value)
 
 
-def test_a_later_nan_loss_points_at_the_learning_rate_and_the_latest_checkpoint(market_root, tmp_path, monkeypatch):
+def test_a_later_nan_loss_points_at_the_learning_rate_and_the_latest_checkpoint(
+    tiny_opts, market_root, tmp_path, monkeypatch
+):
     from layers.triplet import BatchHardTripletLoss
 
     original = BatchHardTripletLoss.forward
@@ -200,7 +173,7 @@ def test_a_later_nan_loss_points_at_the_learning_rate_and_the_latest_checkpoint(
     assert f"the latest checkpoint is {out / 'checkpoints' / 'checkpoint_1.pt'}" in str(error.value)
 
 
-def test_unreadable_image_is_named(market_root, tmp_path):
+def test_unreadable_image_is_named(tiny_opts, market_root, tmp_path):
     import shutil
 
     root = tmp_path / "broken"
@@ -215,7 +188,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-def test_cli_missing_dataset_and_unreadable_image_exit_without_traceback(market_root, tmp_path):
+def test_cli_missing_dataset_and_unreadable_image_exit_without_traceback(tiny_opts, market_root, tmp_path):
     proc = run_cli("train.py", *tiny_opts(tmp_path / "nowhere", tmp_path / "o1"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert str(tmp_path / "nowhere" / "market1501") in proc.stderr and "bounding_box_train" in proc.stderr
@@ -235,7 +208,7 @@ def test_cli_missing_dataset_and_unreadable_image_exit_without_traceback(market_
     assert "Traceback" not in proc.stdout, proc.stdout[-2000:]
 
 
-def test_cli_train_then_test(market_root, tmp_path):
+def test_cli_train_then_test(tiny_opts, market_root, tmp_path):
     out = tmp_path / "cli"
     proc = run_cli(
         "train.py",
@@ -257,7 +230,7 @@ def test_cli_train_then_test(market_root, tmp_path):
     assert "mAP" in proc.stdout and (tmp_path / "cli_test/test_metrics.json").is_file()
 
 
-def test_test_py_with_k_reciprocal_re_ranking(market_root, finished_run, tmp_path):
+def test_test_py_with_k_reciprocal_re_ranking(tiny_opts, market_root, finished_run, tmp_path):
     from engine.evaluation.reid_metrics import reid_metrics
     from engine.evaluation.reranking import k_reciprocal_dense
 
@@ -307,7 +280,7 @@ def test_test_py_with_k_reciprocal_re_ranking(market_root, finished_run, tmp_pat
     assert result["rank1"] == pytest.approx(expected["rank1"], abs=1e-6)
 
 
-def test_re_ranking_is_refused_for_retrieval_protocol(market_root, tmp_path):
+def test_re_ranking_is_refused_for_retrieval_protocol(tiny_opts, market_root, tmp_path):
     opts = tiny_opts(market_root, tmp_path / "x", **{"TEST.RE_RANKING": "yes", "TEST.PROTOCOL": "retrieval"})
     with pytest.raises(ConfigError, match="RE_RANKING"):
         run_test(load_config(None, opts))

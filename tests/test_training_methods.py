@@ -157,36 +157,19 @@ def test_best_model_keeps_its_state_in_checkpoints(tmp_path):
 # End to end on a tiny Market-1501 tree
 # ---------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def market_root(tmp_path_factory, make_market_tree):
-    root = tmp_path_factory.mktemp("datasets")
-    make_market_tree(root, train_ids=6, test_ids=5, images_per_id=4, cameras=3, size=(32, 16), seed=0)
-    return root
-
-
-def tiny_opts(root, out, **overrides) -> list[str]:
-    opts = {
-        "MODEL.NAME": "resnet18",
-        "MODEL.PRETRAIN_CHOICE": "none",
-        "DATASETS.ROOT_DIR": str(root),
-        "INPUT.SIZE_TRAIN": "[32, 16]",
-        "INPUT.SIZE_TEST": "[32, 16]",
+def tiny_opts(tiny_opts):
+    """The shared tiny run with grad_accum over windows of 2 batches of 4, checkpoints every epoch and one
+    evaluation at the end (conftest's fixture with this module's settings)."""
+    settings = {
         "SOLVER.IMS_PER_BATCH": "4",
-        "DATALOADER.NUM_INSTANCE": "2",
-        "DATALOADER.NUM_WORKERS": "0",
-        "SOLVER.MAX_EPOCHS": "3",
         "SOLVER.EVAL_PERIOD": "3",
         "SOLVER.CHECKPOINT_PERIOD": "1",
-        "SOLVER.WARMUP_ITERS": "1",
-        "SOLVER.LOG_PERIOD": "1",
         "LOG.TENSORBOARD": "no",
         "LOG.PLOTS": "no",
-        "TEST.IMS_PER_BATCH": "16",
         "SOLVER.METHOD": "grad_accum",
         "METHOD.GRAD_ACCUM.STEPS": "2",
-        "OUTPUT_DIR": str(out),
     }
-    opts.update(overrides)
-    return [item for pair in opts.items() for item in pair]
+    return lambda root, out, **overrides: tiny_opts(root, out, **{**settings, **overrides})
 
 
 def train_records(out: Path) -> list[dict]:
@@ -199,7 +182,7 @@ def eval_records(out: Path) -> list[dict]:
 
 
 @pytest.mark.e2e
-def test_grad_accum_trains_logs_its_steps_and_resumes_exactly(market_root, tmp_path):
+def test_grad_accum_trains_logs_its_steps_and_resumes_exactly(tiny_opts, market_root, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     train(load_config(None, tiny_opts(market_root, full)))
     records = train_records(full)
@@ -263,7 +246,7 @@ class ProbeMethod(StandardMethod):
 
 
 @pytest.mark.e2e
-def test_a_registered_method_gets_reseeded_checkpointed_and_logged(market_root, tmp_path, monkeypatch):
+def test_a_registered_method_gets_reseeded_checkpointed_and_logged(tiny_opts, market_root, tmp_path, monkeypatch):
     from engine.run.seeding import epoch_seed
 
     made = []
@@ -281,7 +264,7 @@ def test_a_registered_method_gets_reseeded_checkpointed_and_logged(market_root, 
 
 @pytest.mark.e2e
 @pytest.mark.distributed
-def test_grad_accum_under_torchrun_with_two_processes(market_root, tmp_path, free_port):
+def test_grad_accum_under_torchrun_with_two_processes(tiny_opts, market_root, tmp_path, free_port):
     out = tmp_path / "dist"
     opts = tiny_opts(market_root, out, **{"SOLVER.IMS_PER_BATCH": "8", "SOLVER.MAX_EPOCHS": "2"})
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port}"]

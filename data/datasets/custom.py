@@ -57,7 +57,7 @@ import numpy as np
 
 from config.errors import ConfigError
 from data.datasets.common import DatasetLayoutError, FileListing, list_images
-from data.records import DatasetSplits, Record, relabel
+from data.records import DatasetSplits, Record, relabel, zero_shot_splits
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLITS = ("train", "query", "gallery")
@@ -206,16 +206,7 @@ def load_folder(
     for name in sorted(classes):
         label = index[name]
         (train if label in train_ids else test).extend(Record(p, label, -1) for p in classes[name])
-    return DatasetSplits(
-        name="folder",
-        train=relabel(train),
-        query=test,
-        gallery=test,
-        protocol="retrieval",
-        query_is_gallery=True,
-        recall_ks=RETRIEVAL_KS,
-        notes=notes,
-    )
+    return zero_shot_splits("folder", train, test, RETRIEVAL_KS, notes)
 
 
 def _parse_label_map(raw: list[str]) -> dict[str, int]:
@@ -338,13 +329,4 @@ def load_csv(
     )
     train = [r for r, _ in records if r.label in train_ids]
     test = [r for r, _ in records if r.label not in train_ids]
-    return DatasetSplits(
-        name="csv",
-        train=relabel(train),
-        query=test,
-        gallery=test,
-        protocol="retrieval",
-        query_is_gallery=True,
-        recall_ks=RETRIEVAL_KS,
-        notes=notes,
-    )
+    return zero_shot_splits("csv", train, test, RETRIEVAL_KS, notes)

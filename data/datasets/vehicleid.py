@@ -35,7 +35,7 @@ import numpy as np
 from config.choices import VEHICLEID_PROTOCOLS, VEHICLEID_SIZES
 from config.errors import ConfigError, check_choice
 from data.datasets.common import DatasetLayoutError, FileListing, find_dataset_folder
-from data.records import DatasetSplits, Record, relabel
+from data.records import DatasetSplits, Record, relabel, zero_shot_splits
 
 FOLDER_NAMES = ("VehicleID_V1.0", "vehicle-id/VehicleID_V1.0")
 TEST_LISTS = {"small": "test_list_800.txt", "medium": "test_list_1600.txt", "large": "test_list_2400.txt"}
@@ -133,16 +133,7 @@ def load_vehicleid(
     name = "vehicleid"
     notes = [f"vehicleid: test list {TEST_LISTS[test_size]} ({test_size}), protocol {protocol}"]
     if protocol == "retrieval":
-        return DatasetSplits(
-            name=name,
-            train=relabel(train),
-            query=test,
-            gallery=test,
-            protocol="retrieval",
-            query_is_gallery=True,
-            recall_ks=RECALL_KS,
-            notes=notes,
-        )
+        return zero_shot_splits(name, train, test, RECALL_KS, notes)
     draws = [draw_reid_trial(test, np.random.default_rng([int(seed), t])) for t in range(int(trials))]
     counts = Counter(r.label for r in test)
     singles = sum(1 for n in counts.values() if n == 1)

@@ -198,28 +198,18 @@ def _reid(spec: EvalSpec, feats, labels, camids, q, g, uc=None) -> dict:
 def _retrieval(spec: EvalSpec, feats, labels, q, g) -> dict:
     from engine.evaluation.retrieval_metrics import retrieval_metrics
 
-    if spec.query_is_gallery:
-        result = retrieval_metrics(
-            _take(feats, q),
-            _take(labels, q),
-            ks=spec.recall_ks,
-            metric=spec.dist_metric,
-            nmi_runs=spec.nmi_runs,
-            nmi_seed=spec.seed,
-            **spec.chunk_kwargs(),
-        )
-    else:
-        result = retrieval_metrics(
-            _take(feats, q),
-            _take(labels, q),
-            _take(feats, g),
-            _take(labels, g),
-            ks=spec.recall_ks,
-            metric=spec.dist_metric,
-            nmi_runs=spec.nmi_runs,
-            nmi_seed=spec.seed,
-            **spec.chunk_kwargs(),
-        )
+    # a query-is-gallery benchmark passes no gallery: each query is left out of its own ranking by index
+    gallery = () if spec.query_is_gallery else (_take(feats, g), _take(labels, g))
+    result = retrieval_metrics(
+        _take(feats, q),
+        _take(labels, q),
+        *gallery,
+        ks=spec.recall_ks,
+        metric=spec.dist_metric,
+        nmi_runs=spec.nmi_runs,
+        nmi_seed=spec.seed,
+        **spec.chunk_kwargs(),
+    )
     return {
         k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) else v)
         for k, v in result.items()
