@@ -35,6 +35,8 @@ TEST_PROTOCOLS = ("auto", "reid", "retrieval")
 VEHICLEID_SIZES = ("small", "medium", "large")
 VEHICLEID_PROTOCOLS = ("retrieval", "reid")
 RANKED_LIST_FORMATS = ("csv", "json")
+IMAGE_CHECKS = ("header", "decode", "off")
+BAD_IMAGE_ACTIONS = ("error", "skip")
 
 # dotted key -> its valid values, in the order the error message lists them
 CHOICES: dict[str, tuple] = {
@@ -48,6 +50,8 @@ CHOICES: dict[str, tuple] = {
     "MODEL.IF_LABELSMOOTH": ON_OFF,
     "MODEL.IF_WITH_CENTER": YES_NO,
     "INPUT.TRANSFORM": TRANSFORM_PIPELINES,
+    "DATALOADER.CHECK_IMAGES": IMAGE_CHECKS,
+    "DATALOADER.BAD_IMAGES": BAD_IMAGE_ACTIONS,
     "SOLVER.OPTIMIZER_NAME": OPTIMIZERS,
     "SOLVER.LR_SCHEDULER": LR_SCHEDULERS,
     "SOLVER.WARMUP_METHOD": WARMUP_METHODS,

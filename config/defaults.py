@@ -117,6 +117,10 @@ _C.DATALOADER.NUM_WORKERS = 4
 _C.DATALOADER.SAMPLER = "softmax_triplet"
 # K, images per identity in a PK batch (identities with fewer images are sampled with replacement)
 _C.DATALOADER.NUM_INSTANCE = 4
+# Images checked before the first epoch: 'header' (format, size, no decompression bomb), 'decode' (full), 'off'
+_C.DATALOADER.CHECK_IMAGES = "header"
+# A bad image found by that check: 'error' (stop, listing every one) or 'skip' (drop, OUTPUT_DIR/bad_images.txt)
+_C.DATALOADER.BAD_IMAGES = "error"
 
 # ---------------------------------------------------------------------------------------------------------
 # SOLVER: optimisation, schedule, periods (in epochs), precision

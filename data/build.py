@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from dataclasses import dataclass
 
 import ignite.distributed as idist
@@ -10,10 +11,11 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from config.errors import ConfigError, check_choice
+from data.bad_images import check_dataset_images
 from data.datasets import DATASET_LOADERS, load_named_dataset
 from data.image_dataset import ImageDataset
 from data.records import DatasetSplits, Record
-from data.samplers import PKBatchSampler, RandomBatchSampler
+from data.samplers import PKBatchSampler, RandomBatchSampler, SeededBatches
 from data.transforms import build_transforms
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,15 @@ def merge_train_splits(all_splits: list[DatasetSplits]) -> list[Record]:
     return merged
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker's init: SIGINT and SIGTERM are the main process's to handle. A terminal's Ctrl-C and a
+    scheduler's SIGTERM reach every process of the job; a worker they ended would take the batches the main
+    process still needs while it finishes its iteration and writes its checkpoint (engine/handlers/
+    graceful_stop.py). Workers end with the main process as always."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def build_train_loader(cfg, records: list[Record], protocol: str = "reid") -> DataLoader:
     """The training loader: PK or random batches, seeded by SEED and the epoch (see set_epoch)."""
     check_choice("DATALOADER.SAMPLER", cfg.DATALOADER.SAMPLER, SAMPLERS)
@@ -67,10 +78,11 @@ def build_train_loader(cfg, records: list[Record], protocol: str = "reid") -> Da
     dataset = ImageDataset(records, build_transforms(cfg, is_train=True, protocol=protocol))
     return DataLoader(
         dataset,
-        batch_sampler=sampler,
+        batch_sampler=SeededBatches(sampler),  # each sample's augmentation seeded by its position
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         pin_memory=torch.cuda.is_available(),
         generator=torch.Generator(),  # reseeded each epoch: worker seeds follow (SEED, epoch)
+        worker_init_fn=ignore_stop_signals,
     )
 
 
@@ -86,6 +98,7 @@ def build_eval_loader(cfg, records: list[Record], protocol: str = "reid") -> Dat
         shuffle=False,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         pin_memory=torch.cuda.is_available(),
+        worker_init_fn=ignore_stop_signals,
     )
 
 
@@ -106,7 +119,8 @@ def evaluated_names(cfg) -> list[str]:
 
 def build_data(cfg, with_train: bool = True) -> DataBundle:
     """Load the datasets of DATASETS.NAMES (they train) and of TEST.DATASETS (they are evaluated, in that order),
-    log their tables, build the train loader and one eval loader per evaluated dataset.
+    log their tables, check the images the run will read (DATALOADER.CHECK_IMAGES, DATALOADER.BAD_IMAGES), build
+    the train loader and one eval loader per evaluated dataset.
 
     A dataset that is only evaluated contributes its query/gallery alone: its training records never reach the
     train loader or the class count. Without training (test.py) only the evaluated datasets are loaded, so a
@@ -124,6 +138,9 @@ def build_data(cfg, with_train: bool = True) -> DataBundle:
         for note in splits.notes:  # what the loader found unusual (a partial copy, skipped folders, ...)
             logger.warning("Dataset %s: %s", name, note)
         loaded[name] = splits
+    # every image the run reads, checked before any loader exists: a bad file stops (or is dropped) now,
+    # not at the epoch or evaluation that first reads it
+    loaded = check_dataset_images(cfg, loaded, train_names if with_train else [], evaluated)
     eval_sets = [
         EvalSet(loaded[name], build_eval_loader(cfg, loaded[name].eval_records(), loaded[name].protocol))
         for name in evaluated

@@ -121,3 +121,42 @@ class RandomBatchSampler(_EpochSeeded):
 
     def __len__(self) -> int:
         return self.num_batches
+
+
+class SeededBatches(Sampler):
+    """The training loader's batch sampler: the batches of `batches` (PK or random), each index paired with the
+    seed of that sample's augmentation (data/image_dataset.py draws its random transforms from it).
+
+    A sample's seed follows from (seed, epoch, its position in the epoch's global batches), never from which
+    process or DataLoader worker loads it: the augmentation, hence the training, is the same with any
+    DATALOADER.NUM_WORKERS and any number of processes, and an epoch can be resumed after its k-th batch
+    (`skip_batches`) with the same batches and the same augmentation as an uninterrupted run.
+    """
+
+    def __init__(self, batches: _EpochSeeded):
+        self.batches = batches
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def skip_batches(self, count: int) -> None:
+        """The next iteration starts after its first `count` batches (drawn, not yielded, so that the rest are
+        those of a full iteration)."""
+        self._skip = count
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        inner = self.batches
+        for number, batch in enumerate(inner):
+            if number < skip:
+                continue
+            share = len(batch)
+            seeds = np.random.default_rng([inner.seed, inner.epoch, number]).integers(
+                0, 2**63 - 1, size=share * inner.world_size, dtype=np.int64
+            )
+            mine = seeds[inner.rank * share : (inner.rank + 1) * share]
+            yield [(index, int(seed)) for index, seed in zip(batch, mine)]
+
+    def __len__(self) -> int:
+        return len(self.batches)

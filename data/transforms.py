@@ -1,7 +1,8 @@
 """Image transforms: reid-strong-baseline's re-ID pipeline and the DML papers' retrieval pipeline.
 
-Every random choice draws from torch's generator, so seeding torch (per epoch, see engine) makes the
-augmentation of an epoch reproducible, in the main process and in workers alike.
+Every random choice draws from torch's generator. During training each sample's transform runs with that
+generator seeded from (SEED, epoch, the sample's position in the epoch) (data/samplers.py::SeededBatches,
+data/image_dataset.py), so the augmentation is the same whichever process or worker loads the sample.
 """
 
 from __future__ import annotations

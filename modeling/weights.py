@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from config.errors import UserError
+from modeling.state_checksum import ChecksumMismatchError, verify_checksum
 
 logger = logging.getLogger(__name__)
 
@@ -17,9 +18,14 @@ class WeightsMismatchError(UserError):
     """A weights file whose tensors do not fit the model built from the config."""
 
 
+class CorruptFileError(UserError):
+    """A weights or checkpoint file that cannot be read, or whose content does not match its checksum."""
+
+
 def read_weights_file(path: str | Path, what: str = "weights file") -> dict:
     """torch.load a local file on the CPU, or raise UserError naming it (`what`: the key that named it). A run
-    folder (an OUTPUT_DIR of train.py) stands for its best.pt."""
+    folder (an OUTPUT_DIR of train.py) stands for its best.pt. A file that does not load (truncated, foreign)
+    or whose content does not match the checksum written with it raises CorruptFileError."""
     path = Path(path)
     if path.is_dir():
         if (path / "best.pt").is_file():
@@ -34,9 +40,14 @@ def read_weights_file(path: str | Path, what: str = "weights file") -> dict:
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which, keep the reason
-        raise UserError(f"cannot read {what} {path}: {err}") from None
+        raise CorruptFileError(f"cannot read {what} {path}: {err}") from None
+    try:
+        verify_checksum(content)
+    except ChecksumMismatchError as err:
+        raise CorruptFileError(f"{what} {path} is corrupted: {err} (damaged on disk or in a copy)") from None
+    return content
 
 
 def _strip_prefix(state: dict, prefix: str) -> dict:

@@ -12,6 +12,7 @@ The Solver steps all of them through one GradScaler and is saved/restored as one
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -104,6 +105,36 @@ class Solver:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
         }
+
+    def configured_state(self) -> dict:
+        """The settings this solver was built with: every optimizer group's hyper-parameters (all but its
+        parameters) and every scheduler's state. `adopt_configuration` re-applies them after a checkpoint's
+        state was loaded (a resume that changes learning rates or the schedule)."""
+        return {
+            "groups": {
+                name: [copy.deepcopy({k: v for k, v in g.items() if k != "params"}) for g in o.param_groups]
+                for name, o in self.optimizers.items()
+            },
+            "schedulers": {name: copy.deepcopy(s.state_dict()) for name, s in self.schedulers.items()},
+        }
+
+    def adopt_configuration(self, configured: dict) -> None:
+        """Keep the loaded optimizer moments and schedule position (the epoch), take every hyper-parameter and
+        schedule setting from `configured` (configured_state() of the solver built from the new config), and
+        set each group's learning rate to what the new schedule gives at that epoch."""
+        for name, optimizer in self.optimizers.items():
+            scheduled = name in self.schedulers  # its scheduler sets the learning rate below
+            for group, fresh in zip(optimizer.param_groups, configured["groups"][name]):
+                group.update({k: copy.deepcopy(v) for k, v in fresh.items() if k != "lr" or not scheduled})
+        for name, scheduler in self.schedulers.items():
+            state = copy.deepcopy(configured["schedulers"][name])
+            state["last_epoch"], state["_step_count"] = scheduler.last_epoch, scheduler._step_count
+            scheduler.load_state_dict(state)
+            closed_form = getattr(scheduler, "_get_closed_form_lr", None)  # torch's chainable schedulers
+            rates = closed_form() if closed_form is not None else scheduler.get_lr()
+            for group, rate in zip(scheduler.optimizer.param_groups, rates):
+                group["lr"] = rate
+            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
     def load_state_dict(self, state: dict) -> None:
         for kind, objects in (("optimizers", self.optimizers), ("schedulers", self.schedulers)):

@@ -1,13 +1,16 @@
-"""PKBatchSampler and RandomBatchSampler (data/samplers.py)."""
+"""PKBatchSampler, RandomBatchSampler and SeededBatches (data/samplers.py)."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 import pytest
+import torch
 
+from config import load_config
 from config.errors import ConfigError, UserError
-from data.samplers import PKBatchSampler, RandomBatchSampler
+from data.build import build_data
+from data.samplers import PKBatchSampler, RandomBatchSampler, SeededBatches
 
 
 def _labels(counts: dict[int, int]) -> list[int]:
@@ -184,3 +187,52 @@ def test_random_errors():
         RandomBatchSampler(5, 8)
     with pytest.raises(ConfigError):
         RandomBatchSampler(50, 9, world_size=2)
+
+
+def _seeded(world_size: int, rank: int, epoch: int = 3) -> list:
+    batches = SeededBatches(PKBatchSampler(LABELS, P * K, K, seed=5, rank=rank, world_size=world_size))
+    batches.set_epoch(epoch)
+    return list(batches)
+
+
+def test_seeded_batches_pair_every_index_with_a_seed_of_its_position():
+    plain = PKBatchSampler(LABELS, P * K, K, seed=5)
+    plain.set_epoch(3)
+    seeded = _seeded(1, 0)
+    assert [[index for index, _ in batch] for batch in seeded] == list(plain)
+    seeds = [seed for batch in seeded for _, seed in batch]
+    assert len(set(seeds)) == len(seeds)  # a repeated image (identity with < K images) gets its own draw
+    assert seeded == _seeded(1, 0) and seeded != _seeded(1, 0, epoch=4)
+
+
+def test_seeded_batches_give_each_sample_the_same_seed_on_any_number_of_processes():
+    single = _seeded(1, 0)
+    halves = [_seeded(2, 0), _seeded(2, 1)]
+    assert [first + second for first, second in zip(*halves)] == single
+
+
+def test_seeded_batches_skip_the_batches_an_interrupted_epoch_trained():
+    batches = SeededBatches(PKBatchSampler(LABELS, P * K, K, seed=5))
+    batches.set_epoch(3)
+    full = list(batches)
+    batches.skip_batches(2)
+    assert list(batches) == full[2:]
+    assert list(batches) == full  # the skip applies to one iteration only
+    assert len(batches) == len(full)
+
+
+def test_training_augmentation_does_not_depend_on_the_number_of_workers(tiny_opts, market_root, tmp_path):
+    # each sample's random transform is seeded by its position in the epoch, not by the worker that loads it
+    batches = {}
+    for workers in ("0", "2"):
+        cfg = load_config(
+            None,
+            tiny_opts(market_root, tmp_path / workers, **{"DATALOADER.NUM_WORKERS": workers, "INPUT.RE_PROB": "0.5"}),
+        )
+        loader = build_data(cfg).train_loader
+        loader.batch_sampler.set_epoch(2)
+        loader.generator.manual_seed(11)
+        batches[workers] = [batch["image"] for batch in loader]
+    assert len(batches["0"]) == len(batches["2"]) > 1
+    for a, b in zip(batches["0"], batches["2"]):
+        assert torch.equal(a, b)

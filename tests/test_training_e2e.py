@@ -47,7 +47,7 @@ def test_run_writes_every_output(finished_run):
         assert key in records[0]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_2.pt", "checkpoint_3.pt"]
     checkpoint = torch.load(out / "checkpoints/checkpoint_3.pt", weights_only=True)
-    assert set(checkpoint) == {"model", "loss", "solver", "scaler", "trainer", "best"}
+    assert set(checkpoint) == {"model", "loss", "solver", "scaler", "trainer", "best", "progress", "config", "checksum"}
     assert checkpoint["trainer"]["iteration"] == 3 * checkpoint["trainer"]["epoch_length"]
     best = torch.load(out / "best.pt", weights_only=False)
     best_record = max(records, key=lambda r: r["mAP"])

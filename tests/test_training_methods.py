@@ -120,7 +120,7 @@ def test_optimizer_steps_are_counted_per_epoch_and_in_total():
         {"optimizer_steps": 2, "optimizer_steps_total": 2},
         {"optimizer_steps": 2, "optimizer_steps_total": 4},
     ]
-    assert method.state_dict() == {"optimizer_steps_total": 4}
+    assert method.state_dict() == {"optimizer_steps_total": 4, "optimizer_steps": 2}
     restored = GradientAccumulation(hand_built_run(steps=2))
     restored.load_state_dict(method.state_dict())
     assert restored.total_steps == 4
@@ -195,7 +195,7 @@ def test_grad_accum_trains_logs_its_steps_and_resumes_exactly(tiny_opts, market_
     assert [r["optimizer_steps_total"] for r in records] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
     assert "optimizer_steps" in (full / "log.txt").read_text()
     checkpoint = torch.load(full / "checkpoints/checkpoint_3.pt", weights_only=True)
-    assert checkpoint["grad_accum"] == {"optimizer_steps_total": 3 * per_epoch}
+    assert checkpoint["grad_accum"] == {"optimizer_steps_total": 3 * per_epoch, "optimizer_steps": per_epoch}
     # the main optimizer stepped once per window, not once per batch
     assert checkpoint["solver"]["optimizers"]["main"]["state"][0]["step"] == 3 * per_epoch
 
@@ -275,7 +275,7 @@ def test_grad_accum_under_torchrun_with_two_processes(tiny_opts, market_root, tm
     per_epoch = -(-records[0]["iteration"] // 2)
     assert [r["optimizer_steps_total"] for r in records] == [per_epoch, 2 * per_epoch]
     checkpoint = torch.load(out / "checkpoints/checkpoint_2.pt", weights_only=True)
-    assert checkpoint["grad_accum"] == {"optimizer_steps_total": 2 * per_epoch}
+    assert checkpoint["grad_accum"] == {"optimizer_steps_total": 2 * per_epoch, "optimizer_steps": per_epoch}
     assert [r["epoch"] for r in eval_records(out)] == [2]
 
 

@@ -45,6 +45,8 @@ class TrainingProgress:
         self.log_period = log_period
         self.output_dir = output_dir
         self.timer = Timer(average=True)
+        self.averages: dict[str, RunningAverage] = {}
+        self._restored: dict | None = None
 
     @property
     def average_names(self) -> list[str]:
@@ -90,11 +92,27 @@ class TrainingProgress:
         }
         append_metrics(self.output_dir, record, TRAIN_METRICS_FILE)
 
+    def state_dict(self) -> dict:
+        """The running averages (checkpointed as 'progress', so a resumed run continues them)."""
+        return {name: metric.state_dict() for name, metric in self.averages.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restored = dict(state)
+
+    def _restore_averages(self, engine: Engine) -> None:
+        # ignite resets the averages when a run starts: a resumed run sets them back after that
+        if self._restored:
+            for name, metric in self.averages.items():
+                if name in self._restored:
+                    metric.load_state_dict(self._restored[name])
+        self._restored = None
+
     def attach(self, trainer: Engine) -> None:
         for name in self.part_names:
-            RunningAverage(output_transform=lambda out, n=name: out[n].item(), alpha=0.98).attach(
-                trainer, f"avg_{name}"
-            )
+            metric = RunningAverage(output_transform=lambda out, n=name: out[n].item(), alpha=0.98)
+            metric.attach(trainer, f"avg_{name}")
+            self.averages[f"avg_{name}"] = metric
+        trainer.add_event_handler(Events.STARTED, self._restore_averages)
         self.timer.attach(
             trainer,
             start=Events.EPOCH_STARTED,

@@ -14,7 +14,7 @@ METHODS: dict[str, type[TrainingMethod]] = {
 }
 
 # Checkpoint entries of the run itself, which a method's checkpoint_state must not reuse
-RUN_STATE_NAMES = ("model", "loss", "solver", "scaler", "trainer", "best")
+RUN_STATE_NAMES = ("model", "loss", "solver", "scaler", "trainer", "best", "progress", "config", "within_epoch")
 
 
 def check_method(cfg) -> None:

@@ -66,6 +66,11 @@ class TrainingMethod:
     - `checkpoint_state()`: {name: object with state_dict()/load_state_dict()} saved in every checkpoint and
       restored on resume; names must not clash with the run's own ('model', 'loss', 'solver', 'scaler',
       'trainer', 'best').
+    - `at_step_boundary(engine)`: whether nothing is pending after this iteration (no gradients accumulated for a
+      later step): a run stopped by a signal stops and checkpoints only there. True by default.
+    - EPOCH_STARTED also fires for the rest of an epoch resumed after its k-th batch (state.iteration is then
+      not a multiple of state.epoch_length): a handler that resets per-epoch accumulators must not reset then
+      (their values come back through checkpoint_state()).
     - `stat_names`: epoch statistics the method leaves in `trainer.state.metrics` at EPOCH_COMPLETED (e.g. the
       optimizer steps taken); they are logged, written to train_metrics.jsonl and to TensorBoard.
     """
@@ -85,3 +90,7 @@ class TrainingMethod:
     def checkpoint_state(self) -> dict[str, Any]:
         """State the method adds to checkpoints (none by default)."""
         return {}
+
+    def at_step_boundary(self, engine: Engine) -> bool:
+        """Whether a run may stop after this iteration (every iteration ends a step by default)."""
+        return True

@@ -77,7 +77,9 @@ class GradientAccumulation(TrainingMethod):
         return step
 
     def _epoch_started(self, engine: Engine) -> None:
-        self.epoch_steps = 0
+        length = engine.state.epoch_length
+        if not length or engine.state.iteration % length == 0:  # not an epoch resumed after its k-th batch
+            self.epoch_steps = 0
 
     def _epoch_completed(self, engine: Engine) -> None:
         engine.state.metrics["optimizer_steps"] = self.epoch_steps
@@ -90,8 +92,14 @@ class GradientAccumulation(TrainingMethod):
     def checkpoint_state(self) -> dict:
         return {"grad_accum": self}
 
+    def at_step_boundary(self, engine: Engine) -> bool:
+        position = (engine.state.iteration - 1) % engine.state.epoch_length
+        start, length = accumulation_window(position, engine.state.epoch_length, self.steps)
+        return position == start + length - 1
+
     def state_dict(self) -> dict:
-        return {"optimizer_steps_total": self.total_steps}
+        return {"optimizer_steps_total": self.total_steps, "optimizer_steps": self.epoch_steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.total_steps = int(state["optimizer_steps_total"])
+        self.epoch_steps = int(state.get("optimizer_steps", 0))  # absent in checkpoints of older versions

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import signal
 import sys
 from collections.abc import Callable
 
@@ -11,6 +13,7 @@ import ignite.distributed as idist
 import torch
 
 from config import UserError, load_config
+from engine.reporting.run_files import WRITE_FAILURE_REASONS, DiskWriteError
 
 
 def parse_command_line(description: str, with_resume: bool, argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,6 +60,27 @@ def user_message(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+_KILLED_WORKER = re.compile(
+    r"DataLoader worker \(pid(?:\(s\))? [\d, ]+\) (?:is killed by signal: (.+?)\.?\s*$|exited unexpectedly)"
+)
+
+
+def killed_worker_message(error: RuntimeError) -> str | None:
+    """One line for a DataLoader worker that a signal killed (most often the out-of-memory killer), else None."""
+    match = _KILLED_WORKER.search(str(error))
+    if match is None:
+        return None
+    how = f"was killed by signal {match.group(1)}" if match.group(1) else "exited unexpectedly"
+    if match.group(1) and "Killed" in match.group(1):
+        how += f" ({signal.Signals.SIGKILL.name}: most often the out-of-memory killer)"
+    elif match.group(1) and "Bus error" in match.group(1):
+        how += " (shared memory is too small: in a container, raise its --shm-size)"
+    return (
+        f"a DataLoader worker {how}; lower DATALOADER.NUM_WORKERS or the batch sizes (SOLVER.IMS_PER_BATCH, "
+        "TEST.IMS_PER_BATCH), or give the job more memory; checkpoints written so far are kept"
+    )
+
+
 def run_entry_point(job: Callable, description: str, with_resume: bool) -> None:
     """Parse the command line, load the config, run `job(cfg, args)` in the process group; exit 2 on a
     user error with one line on stderr."""
@@ -71,6 +95,23 @@ def run_entry_point(job: Callable, description: str, with_resume: bool) -> None:
                 parallel.run(lambda local_rank: job(cfg, args))
     except UserError as error:
         print(f"error: {user_message(error)}", file=sys.stderr)
+        sys.exit(getattr(error, "exit_code", 2))  # a run stopped by a signal exits 143 / 130
+    except DiskWriteError as error:
+        print(f"error: {error}; files written before are intact", file=sys.stderr)
+        sys.exit(2)
+    except OSError as error:
+        # a write outside the run's own writers (TensorBoard, a picture) that the disk refused: one line too
+        if error.errno not in WRITE_FAILURE_REASONS:
+            raise
+        print(
+            f"error: {DiskWriteError(error.filename or '?', error)}; files written before are intact", file=sys.stderr
+        )
+        sys.exit(2)
+    except RuntimeError as error:
+        message = killed_worker_message(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; checkpoints written so far are kept", file=sys.stderr)
