@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from ignite.engine import Engine
 from torch import nn
 
 from engine.handlers.evaluation import RunEvents
 from engine.run.checkpoints import save_best_model
+from modeling.weights import read_weights_file
 
 logger = logging.getLogger("train")
 
@@ -40,7 +40,7 @@ class BestModel:
         if not self.path.is_file():
             return
         try:
-            content = torch.load(self.path, map_location="cpu", weights_only=True)
+            content = read_weights_file(self.path, "best.pt")  # its checksum verified
             epoch, score = int(content["epoch"]), float(content["metrics"][self.main_metric])
         except Exception as err:  # an unreadable best.pt must not stop a resume: the checkpoint's best stands
             logger.warning("Could not read the best score from %s (%s); keeping the checkpoint's", self.path, err)

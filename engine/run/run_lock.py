@@ -43,7 +43,8 @@ def _describe(owner: dict) -> str:
 
 
 class RunLock:
-    """The lock of one run folder; `acquire()` when the run starts, `release()` when it ends (also at exit)."""
+    """The lock of one run folder; `acquire()` when the run starts, `release()` when it ends (train() does, in a
+    finally clause; a process that dies without it leaves a file whose flock the kernel has dropped)."""
 
     def __init__(self, output_dir: Path):
         self.path = Path(output_dir) / LOCK_NAME
