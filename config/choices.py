@@ -37,6 +37,9 @@ VEHICLEID_PROTOCOLS = ("retrieval", "reid")
 RANKED_LIST_FORMATS = ("csv", "json")
 IMAGE_CHECKS = ("header", "decode", "off")
 BAD_IMAGE_ACTIONS = ("error", "skip")
+META_GRAD_MODES = ("double_backward", "jvp")
+PAIR_WEIGHT_PLACEMENTS = ("in_exponent", "outside")
+THRESHOLD_GENERATOR_MODES = ("none", "threshold", "pair_weight")
 
 # dotted key -> its valid values, in the order the error message lists them
 CHOICES: dict[str, tuple] = {
@@ -52,6 +55,10 @@ CHOICES: dict[str, tuple] = {
     "INPUT.TRANSFORM": TRANSFORM_PIPELINES,
     "DATALOADER.CHECK_IMAGES": IMAGE_CHECKS,
     "DATALOADER.BAD_IMAGES": BAD_IMAGE_ACTIONS,
+    "METHOD.MMSI.GRAD_MODE": META_GRAD_MODES,
+    "METHOD.MMSI.WEIGHT_PLACEMENT": PAIR_WEIGHT_PLACEMENTS,
+    "METHOD.DDTAS.OTG_MODE": THRESHOLD_GENERATOR_MODES,
+    "METHOD.DDTAS.GRAD_MODE": META_GRAD_MODES,
     "SOLVER.OPTIMIZER_NAME": OPTIMIZERS,
     "SOLVER.LR_SCHEDULER": LR_SCHEDULERS,
     "SOLVER.WARMUP_METHOD": WARMUP_METHODS,

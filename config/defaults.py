@@ -213,6 +213,36 @@ _C.METHOD.GRAD_ACCUM = CN()
 # Batches whose gradients are summed before one optimizer step (each loss divided by the window's length);
 # windows restart at every epoch, and an epoch's last window may be shorter
 _C.METHOD.GRAD_ACCUM.STEPS = 2
+# MMSI (seed 001): meta-learned pair weights from a semi-global validation loss (SOLVER.METHOD mmsi)
+_C.METHOD.MMSI = CN()
+# Features kept per class in the memory (FIFO; seed scripts: 1 contrastive on Cars, 100 MS on CUB, 1000 SOP)
+_C.METHOD.MMSI.DSIZE = 100
+# Classes the memory must hold before the first step (seed: 98 CUB/Cars, 1000 SOP; capped at the class count)
+_C.METHOD.MMSI.MIN_CLASSES = 98
+# Images of the validation batch, drawn from the training split with the training augmentation
+_C.METHOD.MMSI.VAL_BATCH = 10
+# Images per class in the validation batch
+_C.METHOD.MMSI.VAL_K = 1
+# The meta gradient: 'double_backward' (the released code's) or 'jvp' (the same weights, one backward + one jvp)
+_C.METHOD.MMSI.GRAD_MODE = "double_backward"
+# Where WMS puts the weight: 'in_exponent' (released code: e^{-a(w s - l)}) or 'outside' (log(1 + sum w e^..))
+_C.METHOD.MMSI.WEIGHT_PLACEMENT = "in_exponent"
+# DDTAS (seed 000): AT-ASMS + soft contrastive with the online threshold generator (SOLVER.METHOD ddtas)
+_C.METHOD.DDTAS = CN()
+# The generator (the seed's OTG): 'none' (OTG 0: the plain loss), 'threshold' (per-anchor thresholds from one
+# meta gradient step), 'pair_weight' (the released code's MMSI-style pair weights, validation batch vs itself)
+_C.METHOD.DDTAS.OTG_MODE = "none"
+# Images of the validation batch (seed: 10), drawn from the training split with the training augmentation
+_C.METHOD.DDTAS.VAL_BATCH = 10
+# Images per class in the validation batch (seed: 2, i.e. 5 classes x 2)
+_C.METHOD.DDTAS.VAL_K = 2
+# 'threshold': step size eta of lambda_i = lambda - eta * dL_val/d delta_i (our choice: the OTG was not released)
+_C.METHOD.DDTAS.THRESHOLD_STEP = 100.0
+# 'threshold': bounds the generated thresholds are clipped to
+_C.METHOD.DDTAS.THRESHOLD_MIN = 0.5
+_C.METHOD.DDTAS.THRESHOLD_MAX = 0.9
+# 'pair_weight': the meta gradient, 'double_backward' or 'jvp' (as METHOD.MMSI.GRAD_MODE)
+_C.METHOD.DDTAS.GRAD_MODE = "double_backward"
 
 # ---------------------------------------------------------------------------------------------------------
 # LOG: what a run writes besides log.txt and metrics.jsonl

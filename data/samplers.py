@@ -7,6 +7,7 @@ so one process and N processes see the same global batches.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 
 import numpy as np
@@ -19,13 +20,14 @@ class _EpochSeeded(Sampler):
     def __init__(self, seed: int, rank: int, world_size: int):
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
+        self.stream: tuple[int, ...] = ()  # more entropy for a sampler that must not repeat another's draws
 
     def set_epoch(self, epoch: int) -> None:
         """Batches of epoch e are a function of (seed, e) only: this is what makes resume exact."""
         self.epoch = epoch
 
     def _rng(self) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch])
+        return np.random.default_rng([self.seed, self.epoch, *self.stream])
 
 
 class PKBatchSampler(_EpochSeeded):
@@ -160,3 +162,40 @@ class SeededBatches(Sampler):
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+class ValidationBatches(Sampler):
+    """Endless class-balanced batches of the training split for a meta step's validation batch (MMSI, DDTAS):
+    `batch_size` images, `per_class` of each class (PK sampling), each index paired with the seed of its
+    augmentation as in SeededBatches. The batches of epoch e follow from (seed, e) alone, drawn independently
+    of the training batches; when a pass over the classes runs out, a new one starts (another draw). A resumed
+    epoch skips the batches it had drawn (`skip_batches`)."""
+
+    VALIDATION_STREAM = 1  # keeps these draws apart from the training sampler's, which has the same seed
+
+    def __init__(self, labels: list[int], batch_size: int, per_class: int, seed: int = 0):
+        self.pk = PKBatchSampler(labels, batch_size, per_class, seed)
+        self.seed = seed
+        self.epoch = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip_batches(self, count: int) -> None:
+        """The next iteration starts after its first `count` batches."""
+        self._skip = count
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        number = 0
+        for cycle in itertools.count():
+            self.pk.set_epoch(self.epoch)
+            self.pk.stream = (self.VALIDATION_STREAM, cycle)
+            for batch in self.pk:
+                if number >= skip:
+                    seeds = np.random.default_rng([self.seed, self.epoch, self.VALIDATION_STREAM, number]).integers(
+                        0, 2**63 - 1, size=len(batch), dtype=np.int64
+                    )
+                    yield [(index, int(seed)) for index, seed in zip(batch, seeds)]
+                number += 1

@@ -81,6 +81,33 @@ def at_asms_tolerances(
     return _at_asms_from_extremes(sim, pos_mask, neg_mask, min_pos, margin)
 
 
+def soft_contrastive_on_pairs(
+    sim: torch.Tensor,
+    pos_keep: torch.Tensor,
+    neg_keep: torch.Tensor,
+    pos_scale: float,
+    neg_scale: float,
+    thresh: float | torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The soft contrastive loss of SoftContrastiveLoss on given similarities and kept pairs (its formula), with
+    `thresh` a number or an n x 1 column of per-anchor thresholds (DDTAS's threshold generator) and `weights`
+    optional per-pair factors of each pair's term (its pair-weight generator; None = 1)."""
+    # Both sides at once as a 2 x n x m stack: z_0 = -beta (s - lambda), z_1 = alpha (s - lambda).
+    signed = torch.tensor([-pos_scale, neg_scale], dtype=sim.dtype, device=sim.device)
+    z = (sim - thresh)[None] * signed[:, None, None]
+    keep = torch.stack((pos_keep, neg_keep))
+    # SoftCon.py skips an anchor whose kept positives or kept negatives are empty, so its other side is
+    # dropped from the mask too; the batch size below still divides. One mask op, no host sync.
+    keep = keep & keep.any(2).all(0)[None, :, None]
+    terms = F.softplus(z) if weights is None else F.softplus(z) * weights[None]
+    # torch.where (not a product with the mask) so unkept entries carry no gradient at all; a skipped
+    # anchor divides 0 by the clamped count 1 on both sides and contributes exactly 0, never 0/0.
+    sums = torch.where(keep, terms, torch.zeros((), dtype=sim.dtype, device=sim.device)).sum(2)
+    means = sums / keep.sum(2, dtype=sim.dtype).clamp_min(1.0)  # 2 x n
+    return (means.sum(1) * (2.0 / signed.abs())).sum() / sim.shape[0]
+
+
 class SoftContrastiveLoss(LossTerm):
     """Soft contrastive loss of DDTAS (Jiang, Yao, Liu, Shen, Nie, Hua: "Dual Dynamic Threshold Adjustment
     Strategy", ACM TOMM, 2024; `losses/SoftCon.py` of its code), on cosine similarities s of the L2-normalised
@@ -88,11 +115,15 @@ class SoftContrastiveLoss(LossTerm):
     over the pairs kept by the miner (`mining`: "at_asms" (default), "asms", or "none" = all pairs).
     With beta = pos_scale, alpha = neg_scale, lambda = thresh:
 
-        L_i = (2/beta)  mean_{kept p} softplus(-beta (s_ip - lambda))
-            + (2/alpha) mean_{kept k} softplus(alpha (s_ik - lambda))
-        L   = (1/n) sum_i L_i
+        L_i = (2/beta)  mean_{p in P~_i} softplus(-beta (s_ip - lambda))
+            + (2/alpha) mean_{k in N~_i} softplus(alpha (s_ik - lambda))     if P~_i and N~_i are both non-empty,
+        L_i = 0                                                               otherwise,
+        L   = (1/n) sum_{i=1..n} L_i
 
-    An anchor with an empty kept side contributes 0 for that side and still counts in n.
+    where P~_i / N~_i are anchor i's kept positives / negatives. An anchor with an empty kept side contributes
+    nothing at all (not even its non-empty side) yet still counts in n, as SoftCon.py `continue`s on such an
+    anchor and divides by the batch size. The rule acts on the loss only: the kept pairs and the mining
+    statistics below are the miner's, unchanged.
     ASMS keeps positive p if s_ip < max N_i + m and negative k if s_ik > min P_i - m/10 (m = margin);
     AT-ASMS adapts the two tolerances to the batch (see `at_asms_tolerances`).
 
@@ -142,6 +173,14 @@ class SoftContrastiveLoss(LossTerm):
         pos_keep, neg_keep = _mine(sim, pos_mask, neg_mask, min_pos, max_neg, g_pos, g_neg)
         return pos_keep, neg_keep, stats
 
+    def mine(
+        self, sim: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The kept pairs of `sim` (computed without gradient) and the mining statistics by name."""
+        with torch.no_grad():
+            pos_keep, neg_keep, stats = self._select(sim.detach(), pos_mask, neg_mask)
+        return pos_keep, neg_keep, dict(zip(self.stat_names, (s.detach() for s in stats)))
+
     def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # an enclosing autocast region would run the similarity product in half precision
         with torch.autocast(feats.device.type, enabled=False):
@@ -149,14 +188,6 @@ class SoftContrastiveLoss(LossTerm):
             pos_mask, neg_mask = pair_masks(labels)
             with torch.no_grad():
                 pos_keep, neg_keep, stats = self._select(sim.detach(), pos_mask, neg_mask)
-            # Both sides at once as a 2 x n x n stack: z_0 = -beta (s - lambda), z_1 = alpha (s - lambda).
-            signed = torch.tensor([-self.pos_scale, self.neg_scale], dtype=sim.dtype, device=sim.device)
-            z = (sim - self.thresh) * signed[:, None, None]
-            keep = torch.stack((pos_keep, neg_keep))
-            # torch.where (not a product with the mask) so unkept entries carry no gradient at all; an empty side
-            # divides 0 by the clamped count 1 and contributes exactly 0.
-            sums = torch.where(keep, F.softplus(z), torch.zeros((), dtype=sim.dtype, device=sim.device)).sum(2)
-            means = sums / keep.sum(2, dtype=sim.dtype).clamp_min(1.0)  # 2 x n
-            loss = (means.sum(1) * (2.0 / signed.abs())).sum() / len(labels)
+            loss = soft_contrastive_on_pairs(sim, pos_keep, neg_keep, self.pos_scale, self.neg_scale, self.thresh)
             self.stats = dict(zip(self.stat_names, (s.detach() for s in stats)))
             return loss

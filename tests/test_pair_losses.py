@@ -154,7 +154,11 @@ def _ref_asms(s: list[list[float]], labels: list[int], g_pos: float, g_neg: floa
     return pos_keep, neg_keep
 
 
-def _ref_soft_contrastive(x, labels, pos_scale, neg_scale, thresh, mining, margin) -> torch.Tensor:
+def _ref_soft_contrastive(x, labels, pos_scale, neg_scale, thresh, mining, margin, each_side=False) -> torch.Tensor:
+    """The spec's L = sum_i L_i / n with L_i = 0 unless anchor i keeps a positive AND a negative (SoftCon.py).
+
+    each_side=True is the rule before issue 13: every non-empty kept side counted on its own.
+    """
     labels, n = labels.tolist(), len(labels)
     s = _loop_sims(x)
     sv = [[v.item() for v in row] for row in s]
@@ -168,11 +172,44 @@ def _ref_soft_contrastive(x, labels, pos_scale, neg_scale, thresh, mining, margi
     for i in range(n):
         kept_pos = [torch.log1p(torch.exp(-pos_scale * (s[i][p] - thresh))) for p in range(n) if (i, p) in pos_keep]
         kept_neg = [torch.log1p(torch.exp(neg_scale * (s[i][k] - thresh))) for k in range(n) if (i, k) in neg_keep]
+        if not each_side and not (kept_pos and kept_neg):
+            continue  # SoftCon.py: an anchor missing either side is skipped as a whole
         if kept_pos:
             total = total + 2 / pos_scale * sum(kept_pos) / len(kept_pos)
         if kept_neg:
             total = total + 2 / neg_scale * sum(kept_neg) / len(kept_neg)
-    return total / n  # anchors with an empty side (or both) still count in n
+    return total / n  # skipped anchors still count in n
+
+
+def _kept_sides(x: torch.Tensor, labels: torch.Tensor, mining: str, margin: float = 0.1):
+    """(keeps a positive, keeps a negative) per anchor, from the module's own miner for `mining`."""
+    s = cosine_similarities(x.detach())
+    pos_mask, neg_mask = pair_masks(labels)
+    if mining == "none":
+        pos_keep, neg_keep = pos_mask, neg_mask
+    else:
+        g_pos, g_neg = (
+            (margin, margin / 10) if mining == "asms" else at_asms_tolerances(s, pos_mask, neg_mask, margin)[:2]
+        )
+        pos_keep, neg_keep = asms_mining(s, pos_mask, neg_mask, g_pos, g_neg)
+    return pos_keep.any(1), neg_keep.any(1)
+
+
+def _angled_batch(phis: list[float], isolated: tuple[int, int] | None = None, noise: float = 0.002) -> torch.Tensor:
+    """8 classes x 4 images in 16-d, built so that every anchor's hardest pair is known in closed form.
+
+    Image j of class c is cos(phi_c) e_c + sin(phi_c) e_{8+j}: two images of class c meet at cos^2(phi_c),
+    image j of class c and image j of class c' at sin(phi_c) sin(phi_c'), images with different j at 0.
+    `isolated` = (c, j) moves that image's second component to e_12, which no other image uses. A fixed-seed
+    noise of std `noise` (similarities move by about 0.01) keeps the batch free of exact ties.
+    """
+    x = torch.zeros(32, 16, dtype=torch.float64)
+    for c, phi in enumerate(phis):
+        for j in range(4):
+            x[4 * c + j, c] = math.cos(phi)
+            x[4 * c + j, 12 if (c, j) == isolated else 8 + j] = math.sin(phi)
+    g = torch.Generator().manual_seed(0)
+    return x + noise * torch.randn(32, 16, generator=g, dtype=torch.float64)
 
 
 def _as_pairs(mask: torch.Tensor) -> set:
@@ -419,20 +456,82 @@ def test_soft_contrastive_matches_loop_reference(mining, spread, seed):
     assert_close(grad32.double(), ref_grad, atol=1e-5, rtol=1e-4)
 
 
-def test_soft_contrastive_one_sided_anchors_count_in_n():
-    # ASMS's asymmetric tolerances: an anchor may keep positives but no negative (or nothing at all)
-    labels = _pk_labels(4, 4)
-    found = False
-    for seed in range(20):
-        x = _clustered(4, 4, 8, 0.6, seed, tight_first=0.05)
-        pos_keep, neg_keep = asms_mining(cosine_similarities(x), *pair_masks(labels), 0.1, 0.01)
-        if (pos_keep.any(1) & ~neg_keep.any(1)).any() and (~pos_keep.any(1) & ~neg_keep.any(1)).any():
-            found = True
-            break
-    assert found
-    loss_fn = SoftContrastiveLoss(mining="asms")
-    ref = _ref_soft_contrastive(x, labels, 2.0, 40.0, 0.7, "asms", 0.1)
-    assert_close(loss_fn(x, labels), ref)
+def _labelled_clusters(labels: torch.Tensor, d: int, spread: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(int(labels.max()) + 1, d, generator=g, dtype=torch.float64)
+    return centres[labels] + spread * torch.randn(len(labels), d, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("mining", ["at_asms", "asms", "none"])
+@pytest.mark.parametrize("spread,seed", [(1.0, 0), (0.7, 2), (1.0, 4)])
+def test_soft_contrastive_skips_one_sided_anchors_like_loop_reference(mining, spread, seed):
+    # classes of 1 to 4 images: the singletons are one-sided even unmined, ASMS's asymmetric tolerances make more
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4, 5, 6, 6, 6, 7, 7, 7, 7])
+    x = _labelled_clusters(labels, 8, spread, seed)
+    has_pos, has_neg = _kept_sides(x, labels, mining)
+    assert (has_pos ^ has_neg).any() and (has_pos & has_neg).any()  # both kinds of anchor are exercised
+    loss_fn = SoftContrastiveLoss(mining=mining)
+    value, grad = _value_and_grad(lambda f: loss_fn(f, labels), x)
+    ref_value, ref_grad = _value_and_grad(lambda f: _ref_soft_contrastive(f, labels, 2.0, 40.0, 0.7, mining, 0.1), x)
+    # float64 and a tight tolerance: unmined, the singletons' negatives weigh little at alpha = 40, lambda = 0.7
+    # (the old rule is 2e-6 to 5e-4 above the new one there, 30 % to 106 % above it mined), still far outside it
+    assert_close(value, ref_value, rtol=1e-12, atol=1e-14)
+    assert_close(grad, ref_grad)
+    old_value = _ref_soft_contrastive(x, labels, 2.0, 40.0, 0.7, mining, 0.1, each_side=True)
+    assert (old_value - ref_value).item() > 1e-9  # 1000 x the tolerance above: this batch tells the rules apart
+
+
+def test_soft_contrastive_one_sided_anchors_pin_the_rule():
+    # Classes 0-5 at phi = 50 deg: hardest positive cos^2 = 0.41 below hardest negative sin^2 = 0.59, both sides
+    # kept. Classes 6-7 at phi_1 chosen so that the hardest negative (an image of classes 0-5 with the same j,
+    # sin(phi_1) sin(50 deg)) lies 0.07 below the hardest positive cos^2(phi_1): inside (g_neg, g_pos) for
+    # ASMS (0.01, 0.1) and for AT-ASMS (~0.0055, ~0.145; r ~ 2.1 here), so these anchors keep their positives
+    # and no negative. Image 3 of class 7 is isolated: its gap 0.56 exceeds g_pos and it keeps nothing at all.
+    # That makes 7 of 32 anchors one-sided, 1 empty, 24 two-sided.
+    b, gap = math.sin(math.radians(50.0)), 0.07
+    phi_1 = math.asin((-b + math.sqrt(b * b + 4 * (1 - gap))) / 2)  # cos^2 - b sin = gap, a quadratic in sin
+    labels = _pk_labels(8, 4)
+    x = _angled_batch([math.radians(50.0)] * 6 + [phi_1] * 2, isolated=(7, 3))
+    has_pos, has_neg = _kept_sides(x, labels, "at_asms")
+    one_sided = has_pos ^ has_neg
+    assert one_sided.double().mean().item() >= 0.15  # 7 / 32 = 21.9 %
+    assert torch.equal(one_sided, has_pos & ~has_neg)  # g_pos > g_neg: a one-sided anchor keeps its positives
+    assert (~has_pos & ~has_neg).sum().item() == 1
+    loss_fn = SoftContrastiveLoss(mining="at_asms")
+    value, grad = _value_and_grad(lambda f: loss_fn(f, labels), x)
+    ref_value, ref_grad = _value_and_grad(lambda f: _ref_soft_contrastive(f, labels, 2.0, 40.0, 0.7, "at_asms", 0.1), x)
+    assert_close(value, ref_value)
+    assert_close(grad, ref_grad)
+    # the old rule (each non-empty side counted) charges the one-sided anchors' positives: ~24 % more here
+    old_value = _ref_soft_contrastive(x, labels, 2.0, 40.0, 0.7, "at_asms", 0.1, each_side=True)
+    assert (old_value - value).item() / value.item() > 0.10
+    # the mining statistics are those of the batch as before: the rule changes the loss, not the miner
+    r_ref = _ref_at_asms(cosine_similarities(x).tolist(), labels.tolist(), 0.1)
+    got = tuple(loss_fn.stats[k].item() for k in ("g_pos", "g_neg", "r", "tau"))
+    assert got == pytest.approx(r_ref) and r_ref[2] > 1
+
+
+@pytest.mark.parametrize(
+    "mining,labels",
+    [
+        ("at_asms", _pk_labels(8, 4)),
+        ("asms", _pk_labels(8, 4)),
+        ("none", torch.arange(32)),  # no positive anywhere
+        ("none", torch.zeros(32, dtype=torch.long)),  # no negative anywhere
+    ],
+    ids=["at_asms", "asms", "none-no_positive", "none-no_negative"],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_soft_contrastive_all_one_sided_is_exactly_zero(mining, labels, dtype):
+    # every class at phi with cos^2 - sin^2 = cos(2 phi) = 0.07: each anchor's hardest negative lies 0.07 below
+    # its hardest positive, inside (g_neg, g_pos) for ASMS and AT-ASMS: positives kept, no negative anywhere
+    x = _angled_batch([math.acos(0.07) / 2] * 8)
+    has_pos, has_neg = _kept_sides(x, labels, mining)
+    assert (has_pos ^ has_neg).all()
+    assert _ref_soft_contrastive(x, labels, 2.0, 40.0, 0.7, mining, 0.1, each_side=True).item() > 0.0
+    value, grad = _value_and_grad(lambda f: SoftContrastiveLoss(mining=mining)(f, labels), x.to(dtype))
+    assert value.item() == 0.0 and value.dtype == dtype
+    assert torch.equal(grad, torch.zeros_like(grad))  # zeros, not NaN
 
 
 @pytest.mark.parametrize("thresh,pos_scale,neg_scale,margin", [(0.5, 1.0, 20.0, 0.2), (0.9, 3.0, 60.0, 0.05)])
@@ -511,18 +610,14 @@ def test_degenerate_batches_have_finite_gradients(make, case):
     loss.backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     name = _IDS[_MAKERS.index(make)]
-    mined = name.startswith("ms") or name in ("softcon-at_asms", "softcon-asms")
-    if case == "single_sample" or mined:
-        # nothing to work on: no pair at all, or the miner needs both a positive and a negative per anchor
+    if case == "single_sample" or not name.startswith("contrastive"):
+        # nothing to work on: no pair at all, the miner needs both a positive and a negative per anchor, or
+        # (soft contrastive, mined or not) an anchor missing either side contributes nothing
         assert loss.item() == 0.0
         assert torch.equal(x.grad, torch.zeros_like(x))
     else:
-        # pairs of one kind remain and still train (contrastive's / unmined soft contrastive's other side)
-        ref = _ref_contrastive if name.startswith("contrastive") else None
-        if ref is not None:
-            expected = ref(x.detach().double(), labels, 0.3, name.split("-")[1])
-        else:
-            expected = _ref_soft_contrastive(x.detach().double(), labels, 2.0, 40.0, 0.7, "none", 0.1)
+        # pairs of one kind remain and still train (contrastive's other side)
+        expected = _ref_contrastive(x.detach().double(), labels, 0.3, name.split("-")[1])
         assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
     for stat in loss_fn.stats.values():
         assert torch.isfinite(stat)

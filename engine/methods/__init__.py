@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from config.errors import check_choice
 from engine.methods.base import Run, TrainingMethod
+from engine.methods.ddtas import DDTASMethod
 from engine.methods.grad_accum import GradientAccumulation
+from engine.methods.mmsi import MMSIMethod
 from engine.methods.standard import StandardMethod
 
 METHODS: dict[str, type[TrainingMethod]] = {
     "standard": StandardMethod,
     "grad_accum": GradientAccumulation,
+    "mmsi": MMSIMethod,
+    "ddtas": DDTASMethod,
 }
 
 # Checkpoint entries of the run itself, which a method's checkpoint_state must not reuse
