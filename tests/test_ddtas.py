@@ -159,3 +159,20 @@ def test_ddtas_refuses_another_loss(tiny_opts, market_root, tmp_path):
     opts = ddtas_opts(tiny_opts, market_root, tmp_path / "run", **{"MODEL.METRIC_LOSS_TYPE": "ms"})
     with pytest.raises(ConfigError, match="MODEL.METRIC_LOSS_TYPE must be 'soft_contrastive'"):
         train(load_config(None, opts))
+
+
+@pytest.mark.e2e
+def test_ddtas_threshold_mode_resumes_exactly(tiny_opts, market_root, tmp_path):
+    settings = {"METHOD.DDTAS.OTG_MODE": "threshold", "METHOD.DDTAS.THRESHOLD_STEP": "1e6", "SOLVER.MAX_EPOCHS": "2"}
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(load_config(None, ddtas_opts(tiny_opts, market_root, full, **settings)))
+    train(load_config(None, ddtas_opts(tiny_opts, market_root, part, **{**settings, "SOLVER.MAX_EPOCHS": "1"})))
+    train(load_config(None, ddtas_opts(tiny_opts, market_root, part, **settings)), resume=str(part))
+    a = torch.load(full / "checkpoints/checkpoint_2.pt", weights_only=True)
+    b = torch.load(part / "checkpoints/checkpoint_2.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["ddtas"] == b["ddtas"]
+    assert epoch_records(part)[-1] == {
+        **epoch_records(full)[-1],
+        "seconds_per_batch": epoch_records(part)[-1]["seconds_per_batch"],
+    }

@@ -1,10 +1,15 @@
 """The retrieval recipes of seed 004 (configs/proxy_anchor_*.yml, configs/amloss_*.yml): each names the seed's
 flags as keys and trains one tiny epoch on generated data in the official layout (only the image sizes, the
-batch, the epochs, the ImageNet file and the dataset root are overridden)."""
+batch, the epochs, the ImageNet file and the dataset root are overridden).
+
+The recipes of the training methods MMSI (seed 001, configs/mmsi_*.yml) and DDTAS (seed 000, configs/ddtas_*.yml):
+each quotes its seed script's variables and command in its header and sets the keys they map to, selects its
+method and the loss that method needs, and gives its baseline (MMSI=0 / OTG=0) by switching one key."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,7 @@ import torch
 
 from config import load_config
 from engine.training import train
+from layers import build_loss
 from modeling import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,3 +125,159 @@ def test_warm_epochs_train_only_the_embedding_and_loss_then_everything(tmp_path,
     for state in after:
         assert torch.equal(state["model"][bn_weight], initial[bn_weight])  # frozen affine
         assert torch.equal(state["model"][bn_mean], initial[bn_mean])  # eval-mode BN: statistics kept
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MMSI (seed 001) and DDTAS (seed 000): configs/mmsi_*.yml, configs/ddtas_*.yml
+# ---------------------------------------------------------------------------------------------------------------
+
+# recipe -> (the seed script it maps, SOLVER.METHOD, MODEL.METRIC_LOSS_TYPE)
+METHOD_RECIPES = {
+    "mmsi_con_cub_bninception.yml": ("Run_MMSI_Con.sh", "mmsi", "contrastive"),
+    "mmsi_con_cars_bninception.yml": ("Run_MMSI_Con.sh", "mmsi", "contrastive"),
+    "mmsi_ms_cub_bninception.yml": ("Run_MMSI_MS.sh", "mmsi", "ms"),
+    "mmsi_ms_cars_bninception.yml": ("Run_MMSI_MS.sh", "mmsi", "ms"),
+    "mmsi_ms_sop_bninception.yml": ("Run_MMSI_SOP.sh", "mmsi", "ms"),
+    "ddtas_cub_bninception.yml": ("Run_DDTAS.sh", "ddtas", "soft_contrastive"),
+    "ddtas_cars_bninception.yml": ("Run_DDTAS.sh", "ddtas", "soft_contrastive"),
+    "ddtas_sop_bninception.yml": ("Run_DDTAS_SOP.sh", "ddtas", "soft_contrastive"),
+}
+# our dataset name -> the seeds' DATA value
+SEED_DATA = {"cub": "cub", "cars": "car", "sop": "product"}
+SEED_LOSS = {"Con": "contrastive", "MS": "ms", "SoftCon": "soft_contrastive"}
+
+
+def recipe_header(name: str) -> str:
+    """The leading comment block of configs/<name>."""
+    lines = (ROOT / "configs" / name).read_text().splitlines()
+    return "\n".join(line for line in lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))])
+
+
+def quoted_script(header: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The seed script quoted in a header: its variables (`#   NAME=value` lines) and the flags of its command
+    (the `#   CUDA_VISIBLE_DEVICES=... python ...` line and its indented continuation lines)."""
+    variables = dict(re.findall(r"^#   ([A-Za-z_]+)=(\S+)$", header, flags=re.M))
+    command = re.search(r"^#   CUDA_VISIBLE_DEVICES=\S+ python .*(?:\n#       .*)*", header, flags=re.M)
+    flags = dict(re.findall(r"--(\w+) (\S+)", command.group(0))) if command else {}
+    return variables, flags
+
+
+def flat(cfg, prefix: str = "") -> dict:
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_every_method_recipe_is_there():
+    found = {p.name for p in (ROOT / "configs").glob("*.yml") if p.name.startswith(("mmsi_", "ddtas_"))}
+    assert found == set(METHOD_RECIPES)
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_RECIPES))
+def test_method_recipe_selects_its_method_and_loss(name):
+    script, method, loss = METHOD_RECIPES[name]
+    cfg = load_config(ROOT / "configs" / name, [])
+    dataset = name.split("_")[-2]
+    assert cfg.SOLVER.METHOD == method and cfg.MODEL.METRIC_LOSS_TYPE == loss and cfg.MODEL.CLS_LOSS_TYPE == "none"
+    assert cfg.DATASETS.NAMES == dataset
+    # both codebases: BN-Inception, 512-d normalised, Adam wd 5e-4 at a constant lr, BN frozen, 227 crops of scale
+    # 0.16-1 (test: 256 then centre 227), PK batches of 80 = 16 classes x 5, fp32
+    assert cfg.MODEL.NAME == "bn_inception" and cfg.MODEL.EMBEDDING_DIM == 512 and cfg.MODEL.EMBEDDING_NORM == "yes"
+    assert cfg.MODEL.BN_FREEZE == "yes" and cfg.MODEL.NECK == "no" and cfg.TEST.NECK_FEAT == "before"
+    assert cfg.SOLVER.OPTIMIZER_NAME == "Adam" and cfg.SOLVER.WEIGHT_DECAY == pytest.approx(5e-4)
+    assert cfg.SOLVER.LR_SCHEDULER == "step" and cfg.SOLVER.LR_DECAY_GAMMA == 1.0
+    assert list(cfg.INPUT.SIZE_TRAIN) == [227, 227] == list(cfg.INPUT.SIZE_TEST) and cfg.INPUT.RESIZE_TEST == 256
+    assert list(cfg.INPUT.CROP_SCALE) == pytest.approx([0.16, 1.0]) and cfg.INPUT.TRANSFORM == "retrieval"
+    assert cfg.DATALOADER.SAMPLER == "triplet" and cfg.DATALOADER.NUM_INSTANCE == 5 and cfg.SOLVER.IMS_PER_BATCH == 80
+    assert cfg.SOLVER.AMP == "none"
+    assert cfg.MODEL.POOLING == ("max" if method == "mmsi" and dataset != "sop" else "avg+max")
+    term = build_loss(cfg, num_classes=10, feat_dim=512).metric_terms[loss]
+    if method == "mmsi":
+        assert cfg.METHOD.MMSI.VAL_BATCH == 10 and cfg.METHOD.MMSI.VAL_K == 1
+        assert cfg.METHOD.MMSI.MIN_CLASSES == (1000 if dataset == "sop" else 98)
+        if loss == "contrastive":  # MMSI's contrastive sums per anchor
+            assert cfg.LOSS.CONTRASTIVE.REDUCTION == "sum" and term.reduction == "sum"
+            assert term.margin == pytest.approx(cfg.LOSS.CONTRASTIVE.MARGIN)
+        else:  # MS.py: beta 2, lambda 0.5, 2/beta and 2/alpha
+            assert (term.pos_scale, term.thresh, term.coef) == (2.0, 0.5, 2.0)
+            assert term.mining_margin == pytest.approx(cfg.LOSS.MS.MINING_MARGIN)
+    else:
+        assert cfg.LOSS.SOFT_CONTRASTIVE.MINING == "at_asms" and term.mining == "at_asms"
+        assert (term.pos_scale, term.neg_scale, term.thresh) == (2.0, 40.0, pytest.approx(0.7))
+        assert term.margin == pytest.approx(0.1) and cfg.SOLVER.BASE_LR == pytest.approx(1e-5)
+        assert cfg.METHOD.DDTAS.VAL_BATCH == 10 and cfg.METHOD.DDTAS.VAL_K == 2
+        assert cfg.METHOD.DDTAS.OTG_MODE == "threshold"  # OTG=1
+    # fine-tuning from one of our checkpoints is the one key MODEL.PRETRAIN_PATH where the seed fine-tunes
+    finetunes = loss == "ms" or name == "ddtas_sop_bninception.yml"
+    assert cfg.MODEL.PRETRAIN_CHOICE == ("self" if finetunes else "imagenet")
+    if finetunes:
+        assert cfg.MODEL.PRETRAIN_PATH.endswith("/best.pt")
+        other = load_config(ROOT / "configs" / name, ["MODEL.PRETRAIN_PATH", "/runs/ms/best.pt"])
+        assert {k for k, v in flat(other).items() if flat(cfg)[k] != v} == {"MODEL.PRETRAIN_PATH"}
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_RECIPES))
+def test_method_recipe_header_quotes_its_seed_script(name):
+    script, method, loss = METHOD_RECIPES[name]
+    cfg = load_config(ROOT / "configs" / name, [])
+    header = recipe_header(name)
+    dataset = name.split("_")[-2]
+    assert script in header and f"DATA={SEED_DATA[dataset]} (--data)" in header
+    assert ("MMSI" if method == "mmsi" else "OTG") in header
+    variables, flags = quoted_script(header)
+    if name == "ddtas_sop_bninception.yml":
+        # Run_DDTAS_SOP.sh is not public: the README's variables, and Run_DDTAS.sh's values (the CUB recipe's)
+        assert not flags and "CUDA_VISIBLE_DEVICES, OTG (1 on, 0 off), DATA" in header
+        cub = flat(load_config(ROOT / "configs" / "ddtas_cub_bninception.yml", []))
+        differ = {k for k, v in flat(cfg).items() if cub[k] != v}
+        sop_only = {"DATASETS.NAMES", "MODEL.PRETRAIN_CHOICE", "MODEL.PRETRAIN_PATH", "TEST.NMI_RUNS", "OUTPUT_DIR"}
+        assert differ == sop_only
+        return
+    # every quoted variable and flag is the value of the key it maps to
+    assert SEED_LOSS[variables["LOSS"]] == cfg.MODEL.METRIC_LOSS_TYPE and variables["NET"] == "BN_Inception"
+    assert int(variables["DIM"]) == cfg.MODEL.EMBEDDING_DIM
+    assert float(variables["LR"]) == pytest.approx(cfg.SOLVER.BASE_LR)
+    assert int(variables["BatchSize"]) == cfg.SOLVER.IMS_PER_BATCH
+    assert float(variables["RATIO"]) == pytest.approx(cfg.INPUT.CROP_SCALE[0])
+    assert int(flags["num_instances"]) == cfg.DATALOADER.NUM_INSTANCE
+    assert int(flags["width"]) == cfg.INPUT.SIZE_TRAIN[0] == cfg.INPUT.SIZE_TEST[0]
+    assert int(flags["epoch"]) == cfg.SOLVER.MAX_EPOCHS and int(flags["save_step"]) == cfg.SOLVER.EVAL_PERIOD
+    node = cfg.METHOD.MMSI if method == "mmsi" else cfg.METHOD.DDTAS
+    assert int(variables["ValBatchSize"]) == node.VAL_BATCH and int(flags["val_num_instances"]) == node.VAL_K
+    margin = {
+        "contrastive": cfg.LOSS.CONTRASTIVE.MARGIN,
+        "ms": cfg.LOSS.MS.MINING_MARGIN,
+        "soft_contrastive": cfg.LOSS.SOFT_CONTRASTIVE.MARGIN,
+    }[loss]
+    assert float(variables["MARGIN"]) == pytest.approx(margin)
+    if loss == "ms":
+        assert int(variables["ALPHA"]) == cfg.LOSS.MS.NEG_SCALE
+    if loss == "soft_contrastive":
+        assert int(variables["ALPHA"]) == cfg.LOSS.SOFT_CONTRASTIVE.NEG_SCALE
+    if method == "mmsi":
+        assert int(variables["DSIZE"]) == cfg.METHOD.MMSI.DSIZE
+        assert flags["MMSI"] == "${MMSI}" and variables["MMSI"] in ("0", "1")
+    else:
+        assert variables["OTG"] in ("0", "1")
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_RECIPES))
+def test_method_recipe_baseline_is_one_key_away(name):
+    """MMSI=0 is SOLVER.METHOD standard; OTG=0 is METHOD.DDTAS.OTG_MODE none; each header says so, and the
+    baseline config loads and differs from the recipe in that key only."""
+    _, method, _ = METHOD_RECIPES[name]
+    path = ROOT / "configs" / name
+    recipe = flat(load_config(path, []))
+    switches = [("SOLVER.METHOD", "standard")]
+    if method == "ddtas":
+        switches += [("METHOD.DDTAS.OTG_MODE", "none"), ("METHOD.DDTAS.OTG_MODE", "pair_weight")]
+    header = recipe_header(name)
+    baseline = "SOLVER.METHOD standard" if method == "mmsi" else "METHOD.DDTAS.OTG_MODE none"
+    assert f"with {baseline}" in header
+    for key, value in switches:
+        switched = flat(load_config(path, [key, value]))
+        assert {k for k, v in switched.items() if recipe[k] != v} == {key} and switched[key] == value
