@@ -42,8 +42,16 @@ def measure(args) -> dict:
     cfg = load_config(
         None,
         [
-            "MODEL.NAME", args.model, "MODEL.PRETRAIN_CHOICE", "none", "MODEL.EMBEDDING_DIM", "512",
-            "MODEL.NECK", "no", "MODEL.BN_FREEZE", "yes",
+            "MODEL.NAME",
+            args.model,
+            "MODEL.PRETRAIN_CHOICE",
+            "none",
+            "MODEL.EMBEDDING_DIM",
+            "512",
+            "MODEL.NECK",
+            "no",
+            "MODEL.BN_FREEZE",
+            "yes",
         ],
     )
     torch.manual_seed(0)
