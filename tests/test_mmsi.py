@@ -222,3 +222,34 @@ def test_mmsi_refuses_a_loss_it_cannot_weight(tiny_opts, market_root, tmp_path):
     opts = mmsi_opts(tiny_opts, market_root, tmp_path / "run", **{"MODEL.METRIC_LOSS_TYPE": "triplet"})
     with pytest.raises(ConfigError, match="MODEL.METRIC_LOSS_TYPE must be one of contrastive, ms"):
         train(load_config(None, opts))
+
+
+def test_mmsi_and_the_ddtas_generators_refuse_torchrun_in_one_line(monkeypatch):
+    from types import SimpleNamespace
+
+    from engine.methods.ddtas import DDTASMethod
+    from engine.methods.mmsi import MMSIMethod
+    from layers.soft_contrastive import SoftContrastiveLoss
+
+    monkeypatch.setattr("ignite.distributed.get_world_size", lambda: 2)
+    cfg = load_config(
+        None, ["SOLVER.METHOD", "mmsi", "MODEL.METRIC_LOSS_TYPE", "contrastive", "MODEL.CLS_LOSS_TYPE", "none"]
+    )
+    with pytest.raises(ConfigError, match="mmsi runs in one process.*without torchrun"):
+        MMSIMethod(SimpleNamespace(cfg=cfg))
+    cfg = load_config(
+        None,
+        [
+            "SOLVER.METHOD",
+            "ddtas",
+            "MODEL.METRIC_LOSS_TYPE",
+            "soft_contrastive",
+            "MODEL.CLS_LOSS_TYPE",
+            "none",
+            "METHOD.DDTAS.OTG_MODE",
+            "threshold",
+        ],
+    )
+    criterion = SimpleNamespace(terms=lambda: [SoftContrastiveLoss()])
+    with pytest.raises(ConfigError, match="OTG_MODE threshold runs in one process"):
+        DDTASMethod(SimpleNamespace(cfg=cfg, criterion=criterion))

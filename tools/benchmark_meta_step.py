@@ -35,8 +35,6 @@ def measure(args) -> dict:
         weighted_contrastive,
     )
     from modeling import build_model
-    from modeling.backbones import build_backbone  # noqa: F401  (the registry below)
-    from modeling.embedder import Embedder  # noqa: F401
 
     device = torch.device(args.device)
     cfg = load_config(
