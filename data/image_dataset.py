@@ -82,11 +82,12 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+    def __getitem__(self, item: int | tuple[int, int] | tuple[int, int, int]) -> dict:
         """`item`: an index, or (index, seed) from the training loader's SeededBatches: torch's CPU generator is
         then seeded with `seed` for the transform and set back after it, so a sample's augmentation does not
-        depend on the process or worker that loads it, and loading leaves the process's random state as it was."""
-        index, seed = item if isinstance(item, tuple) else (item, None)
+        depend on the process or worker that loads it, and loading leaves the process's random state as it was.
+        A third entry (Divide & Conquer's batches) is the sample's cluster, returned under 'cluster'."""
+        index, seed, *cluster = item if isinstance(item, tuple) else (item, None)
         record = self.records[index]
         image = read_image(record.path)
         if seed is None:
@@ -99,7 +100,10 @@ class ImageDataset(Dataset):
             image = self.transform(image)
         finally:
             generator.set_state(state)
-        return self._item(image, record, index)
+        item = self._item(image, record, index)
+        if cluster:
+            item["cluster"] = cluster[0]
+        return item
 
     @staticmethod
     def _item(image, record: Record, index: int) -> dict:

@@ -108,6 +108,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.evaluation.kmeans import kmeans
 from engine.evaluation.ranking import (
     INT64_MAX,
     VALID_METRICS,
@@ -387,21 +388,7 @@ def nmi(labels_true: LabelArray, labels_pred: LabelArray) -> float:
 
 def _kmeans(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, str]:
     """Cluster ids of the rows of ``x`` (float32) by k-means; and the backend."""
-    try:
-        import faiss  # type: ignore[import-not-found]
-    except ImportError:
-        faiss = None
-    if faiss is not None:
-        km = faiss.Kmeans(x.shape[1], k, niter=_KMEANS_NITER, seed=int(seed), verbose=False)
-        km.train(x)
-        _, assign = km.index.search(x, 1)
-        return assign.reshape(-1).astype(np.int64), "faiss"
-    try:
-        from sklearn.cluster import KMeans
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("NMI needs faiss (faiss-cpu / faiss-gpu) or scikit-learn") from exc
-    km = KMeans(n_clusters=k, n_init=1, max_iter=_KMEANS_NITER, random_state=int(seed))
-    return km.fit_predict(x).astype(np.int64), "sklearn"
+    return kmeans(x, k, _KMEANS_NITER, seed)
 
 
 def _nmi_score(labels: np.ndarray, clusters: np.ndarray) -> float:

@@ -1,0 +1,78 @@
+"""Divide & Conquer's learners: K masks over one embedding (seed 003, TPAMI 2021; ../specs: divide_conquer.md).
+
+Learner k's embedding of a feature f (the Linear layer's output) is normalise(f * relu(m_k)). The masks start as
+one vector (ones, or N(0.9, 0.7) per entry) and double with the clusters: mask c is cloned into its children
+2c and 2c + 1. `FIXED_MASK` gives the CVPR 2019 version instead: K disjoint binary slices of the embedding,
+not learned. The orthogonality regulariser pushes the learned masks apart:
+
+    R = lambda * mean_{i != j} cos(relu(m_i), relu(m_j))      (over ordered pairs of the K masks; 0 when K = 1)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MASK_INITS = ("ones", "normal")
+
+
+def fixed_slices(k: int, dim: int) -> torch.Tensor:
+    """K disjoint binary masks covering the `dim` entries in K contiguous slices (sizes differ by at most one)."""
+    bounds = torch.linspace(0, dim, k + 1).round().long()
+    masks = torch.zeros(k, dim)
+    for c in range(k):
+        masks[c, bounds[c] : bounds[c + 1]] = 1.0
+    return masks
+
+
+class LearnerMasks(nn.Module):
+    """The masks of the K learners: a K x dim parameter (or, fixed, a K x dim buffer of slices)."""
+
+    def __init__(self, dim: int, init: str = "ones", fixed: bool = False, generator: torch.Generator | None = None):
+        super().__init__()
+        if init not in MASK_INITS:
+            raise ValueError(f"mask init {init!r}; expected one of {MASK_INITS}")
+        self.dim, self.fixed = dim, fixed
+        if fixed:
+            self.register_buffer("values", fixed_slices(1, dim))
+        else:
+            start = torch.ones(1, dim) if init == "ones" else 0.9 + 0.7 * torch.randn(1, dim, generator=generator)
+            self.values = nn.Parameter(start)
+
+    @property
+    def k(self) -> int:
+        return self.values.shape[0]
+
+    def embed(self, embedding: torch.Tensor, cluster: int | None) -> torch.Tensor:
+        """normalise(embedding * relu(mask_cluster)); `cluster` None: the full embedding, normalised."""
+        if cluster is None:
+            return F.normalize(embedding, dim=1)
+        return F.normalize(embedding * F.relu(self.values[cluster]), dim=1)
+
+    def orthogonality(self) -> torch.Tensor:
+        """mean over ordered pairs i != j of cos(relu(m_i), relu(m_j)) (0 for one mask or fixed masks)."""
+        if self.k < 2 or self.fixed:
+            return self.values.new_zeros(())
+        unit = F.normalize(F.relu(self.values), dim=1)
+        cos = unit @ unit.T
+        off_diagonal = ~torch.eye(self.k, dtype=torch.bool, device=cos.device)
+        return cos[off_diagonal].mean()
+
+    @torch.no_grad()
+    def double(self) -> None:
+        """K -> 2K: learned mask c becomes children 2c and 2c + 1 (copies); fixed masks become 2K slices. The
+        parameter is a new tensor: the optimizer's mask group must be rebuilt (and its state decided)."""
+        if self.fixed:
+            self.values = fixed_slices(2 * self.k, self.dim).to(self.values.device)
+        else:
+            self.values = nn.Parameter(self.values.detach().repeat_interleave(2, dim=0).clone())
+
+    def resize_for(self, state: dict) -> None:
+        """Take the K of a saved state (a checkpoint written after doublings) before loading it."""
+        saved = state["values"]
+        if saved.shape[0] != self.k:
+            if self.fixed:
+                self.values = fixed_slices(saved.shape[0], self.dim).to(self.values.device)
+            else:
+                self.values = nn.Parameter(torch.empty_like(saved, device=self.values.device))
