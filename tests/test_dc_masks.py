@@ -66,3 +66,43 @@ def test_a_doubled_state_loads_into_fresh_masks():
     assert torch.equal(fresh.values, masks.values)
     with pytest.raises(ValueError, match="mask init"):
         LearnerMasks(6, init="uniform")
+
+
+def test_after_a_split_the_optimizer_trains_the_children_from_their_parent_state():
+    masks = LearnerMasks(4, init="normal", generator=torch.Generator().manual_seed(3))
+    optimizer = torch.optim.Adam([masks.values], lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        (masks.values**2).sum().backward()
+        optimizer.step()
+    parent_state = {k: v.clone() for k, v in optimizer.state[masks.values].items()}
+    masks.double(optimizer)
+    (group,) = optimizer.param_groups
+    assert group["params"] == [masks.values] and masks.k == 2
+    state = optimizer.state[masks.values]
+    assert torch.equal(state["step"], parent_state["step"])
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(state[key], parent_state[key].repeat_interleave(2, dim=0))
+    # a step after the split is each child's copy of the parent's step
+    reference = torch.optim.Adam([torch.nn.Parameter(masks.values.detach()[:1].clone())], lr=0.1)
+    reference.load_state_dict(
+        {
+            "state": {0: {k: v.clone() for k, v in parent_state.items()}},
+            "param_groups": [{**{k: v for k, v in group.items() if k != "params"}, "params": [0]}],
+        }
+    )
+    for opt, param in ((optimizer, masks.values), (reference, reference.param_groups[0]["params"][0])):
+        opt.zero_grad()
+        (param**2).sum().backward()
+        opt.step()
+    torch.testing.assert_close(masks.values.detach()[0], reference.param_groups[0]["params"][0].detach()[0])
+    torch.testing.assert_close(masks.values.detach()[1], masks.values.detach()[0])
+    # the optimizer state saved after the split loads into a fresh optimizer over restored masks (resume)
+    fresh = LearnerMasks(4)
+    fresh.resize_for(masks.state_dict())
+    fresh.load_state_dict(masks.state_dict())
+    restored = torch.optim.Adam([fresh.values], lr=0.1)
+    restored.load_state_dict(optimizer.state_dict())
+    assert torch.equal(restored.state[fresh.values]["exp_avg"], optimizer.state[masks.values]["exp_avg"])
+    with pytest.raises(ValueError, match="not a parameter"):
+        LearnerMasks(4).double(torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))]))

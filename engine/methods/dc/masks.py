@@ -26,6 +26,25 @@ def fixed_slices(k: int, dim: int) -> torch.Tensor:
     return masks
 
 
+def replace_in_optimizer(optimizer: torch.optim.Optimizer, old: torch.Tensor, new: torch.Tensor, expand) -> None:
+    """Put `new` in place of `old` in `optimizer`'s groups; the state of `old` moves to `new`, its tensors shaped
+    like `old` passed through `expand` (the same change as the parameter's), the others (a step count) kept."""
+    found = False
+    for group in optimizer.param_groups:
+        for i, param in enumerate(group["params"]):
+            if param is old:
+                group["params"][i] = new
+                found = True
+    if not found:
+        raise ValueError("the masks are not a parameter of this optimizer")
+    state = optimizer.state.pop(old, None)
+    if state:
+        optimizer.state[new] = {
+            key: expand(value) if torch.is_tensor(value) and value.shape == old.shape else value
+            for key, value in state.items()
+        }
+
+
 class LearnerMasks(nn.Module):
     """The masks of the K learners: a K x dim parameter (or, fixed, a K x dim buffer of slices)."""
 
@@ -60,13 +79,18 @@ class LearnerMasks(nn.Module):
         return cos[off_diagonal].mean()
 
     @torch.no_grad()
-    def double(self) -> None:
+    def double(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """K -> 2K: learned mask c becomes children 2c and 2c + 1 (copies); fixed masks become 2K slices. The
-        parameter is a new tensor: the optimizer's mask group must be rebuilt (and its state decided)."""
+        parameter is a new tensor; in `optimizer` it replaces the old one, and the children inherit their
+        parent's optimizer state (Adam's moments, row by row; its step count), so that the first step after a
+        split continues the parent's trajectory and the children part through their clusters' batches."""
         if self.fixed:
             self.values = fixed_slices(2 * self.k, self.dim).to(self.values.device)
-        else:
-            self.values = nn.Parameter(self.values.detach().repeat_interleave(2, dim=0).clone())
+            return
+        old = self.values
+        self.values = nn.Parameter(old.detach().repeat_interleave(2, dim=0).clone())
+        if optimizer is not None:
+            replace_in_optimizer(optimizer, old, self.values, lambda t: t.repeat_interleave(2, dim=0).clone())
 
     def resize_for(self, state: dict) -> None:
         """Take the K of a saved state (a checkpoint written after doublings) before loading it."""
