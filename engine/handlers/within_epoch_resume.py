@@ -7,6 +7,7 @@ from __future__ import annotations
 from ignite.engine import Engine, Events
 from torch.utils.data import DataLoader
 
+from engine.methods.base import batches_done_in_epoch
 from engine.run.seeding import restore_rng_states, rng_states
 
 
@@ -25,10 +26,8 @@ class ResumeWithinEpoch:
         self.pending: dict | None = None
 
     def __call__(self, engine: Engine) -> None:
-        if self.pending is None or not engine.state.epoch_length:
-            return
-        done = engine.state.iteration % engine.state.epoch_length
-        if done == 0:
+        done = batches_done_in_epoch(engine)
+        if self.pending is None or done == 0:
             return
         restore_rng_states(self.pending["rng"])
         self.loader.batch_sampler.skip_batches(done)

@@ -53,6 +53,13 @@ class Run:
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def batches_done_in_epoch(engine: Engine) -> int:
+    """How many batches of the current epoch were trained before this run started it: 0 for an epoch started
+    afresh, k for an epoch resumed after its k-th batch (ignite fires EPOCH_STARTED for its rest too)."""
+    length = engine.state.epoch_length
+    return engine.state.iteration % length if length else 0
+
+
 class TrainingMethod:
     """One way of training. Subclasses set `name` (the SOLVER.METHOD value) and implement `process_function`;
     the other hooks do nothing by default.

@@ -26,10 +26,16 @@ from torch.func import functional_call
 
 from config.choices import META_GRAD_MODES, THRESHOLD_GENERATOR_MODES
 from config.errors import ConfigError, check_choice
-from engine.methods.base import Run, TrainingMethod
-from engine.methods.meta_step import buffer_copies, pair_weights, raw_weight_gradient, trainable_parameters
-from engine.methods.mmsi import ValidationStream, build_validation_loader, main_learning_rates
-from engine.methods.standard import forward_loss
+from engine.methods.base import Run, TrainingMethod, batches_done_in_epoch
+from engine.methods.meta_step import (
+    buffer_copies,
+    pair_weights,
+    raw_weight_gradient,
+    trainable_parameters,
+    virtual_step_rates,
+)
+from engine.methods.standard import forward_with_logged_loss, standard_step, take_step
+from engine.methods.validation_batches import ValidationStream, build_validation_loader
 from layers.loss_inputs import compute_dtype
 from layers.soft_contrastive import SoftContrastiveLoss, soft_contrastive_on_pairs
 from layers.weighted_pair_losses import label_masks, normalized_similarities
@@ -51,13 +57,16 @@ def threshold_gradient(
     val_images: torch.Tensor,
     val_loss: Callable[[torch.Tensor], torch.Tensor],
     lrs: dict[str, float],
+    feats: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(g, L_val): g = d L_val(theta - lr grad_theta L_tr(theta, lambda + delta)) / d delta at delta = 0 (n x 1), L_tr
     the soft contrastive loss on the batch's kept pairs with per-anchor thresholds. fp32 (float64 in tests);
-    BatchNorm statistics untouched (the forwards run on copies of the buffers)."""
+    BatchNorm statistics untouched (the forwards run on copies of the buffers). `feats`: the batch's features
+    already computed by `model` in fp32 with their graph (computed here when None)."""
     params = trainable_parameters(model)
     with torch.autocast(images.device.type, enabled=False):
-        feats = compute_dtype(functional_call(model, {**params, **buffer_copies(model)}, (images,))["feat"])
+        if feats is None:
+            feats = compute_dtype(functional_call(model, {**params, **buffer_copies(model)}, (images,))["feat"])
         delta = feats.new_zeros(len(images), 1, requires_grad=True)
         train_loss = soft_contrastive_on_pairs(
             normalized_similarities(feats), *kept, loss.pos_scale, loss.neg_scale, loss.thresh + delta
@@ -104,7 +113,7 @@ class DDTASMethod(TrainingMethod):
                     f"METHOD.DDTAS.THRESHOLD_MIN/MAX = [{keys.THRESHOLD_MIN}, {keys.THRESHOLD_MAX}] must hold the "
                     f"loss's threshold LOSS.SOFT_CONTRASTIVE.THRESH = {self.loss.thresh}"
                 )
-            self.validation = ValidationStream(build_validation_loader(cfg, run, keys.VAL_BATCH, keys.VAL_K))
+            self.validation = ValidationStream(build_validation_loader(run, "METHOD.DDTAS", keys.VAL_BATCH, keys.VAL_K))
         self.step_size, self.bounds = keys.THRESHOLD_STEP, (keys.THRESHOLD_MIN, keys.THRESHOLD_MAX)
         self.grad_mode = keys.GRAD_MODE
         self._reset_epoch()
@@ -129,28 +138,18 @@ class DDTASMethod(TrainingMethod):
         run = self.run
 
         def standard(engine: Engine, batch: dict) -> dict:
-            batch = run.to_device(batch)
-            loss, parts = forward_loss(run, batch)
-            run.solver.zero_grad()
-            run.scaler.scale(loss).backward()
-            run.solver.step(run.scaler)
-            run.scaler.update()
             self.counts["ddtas_steps"] += 1
-            return {"loss": loss.detach(), **parts}
+            return standard_step(run, batch)
 
         def meta(engine: Engine, batch: dict) -> dict:
             batch = run.to_device(batch)
-            run.trained_model.train()
-            with run.precision.autocast():
-                outputs = run.trained_model(batch["image"])
-            with torch.no_grad():  # what is logged: the plain criterion's loss and parts on this batch
-                plain, parts = run.criterion({k: v.detach() for k, v in outputs.items()}, batch)
-            output = {"loss": plain.detach(), **parts}
-            sim = normalized_similarities(outputs["feat"].float())
+            outputs, output = forward_with_logged_loss(run, batch)
+            feats = outputs["feat"].float()
+            sim = normalized_similarities(feats)
             pos_keep, neg_keep, _ = self.loss.mine(sim, *label_masks(batch["label"]))
-            validation = self.validation.next()
-            val_images = validation["image"].to(run.device, non_blocking=True)
-            val_loss = self._validation_loss(validation["label"].to(run.device, non_blocking=True))
+            val_images, val_labels = self.validation.next(run.device)
+            val_loss = self._validation_loss(val_labels)
+            rates = virtual_step_rates(run.solver.main, run.model)
             thresholds, weights = self.loss.thresh, None
             if self.mode == "threshold":
                 gradient, _ = threshold_gradient(
@@ -160,7 +159,9 @@ class DDTASMethod(TrainingMethod):
                     self.loss,
                     val_images,
                     val_loss,
-                    main_learning_rates(run),
+                    rates,
+                    # fp32 meta step: under AMP the batch's features are recomputed outside autocast
+                    feats=None if run.precision.enabled else feats,
                 )
                 thresholds = (self.loss.thresh - self.step_size * gradient).clamp(*self.bounds)
                 self._record_thresholds(thresholds)
@@ -173,20 +174,20 @@ class DDTASMethod(TrainingMethod):
                     ),
                     val_images,
                     val_loss,
-                    main_learning_rates(run),
+                    rates,
                     self.grad_mode,
+                    feats=feats if self.grad_mode == "double_backward" and not run.precision.enabled else None,
                 )
                 weights = pair_weights(result.weight_gradient, pos_keep | neg_keep)
                 if not bool(result.validation_loss > 0) or not bool(weights.max() > 0):
                     self.counts["ddtas_skipped"] += 1
                     return output
-            run.solver.zero_grad()
-            loss = soft_contrastive_on_pairs(
-                sim, pos_keep, neg_keep, self.loss.pos_scale, self.loss.neg_scale, thresholds, weights
+            take_step(
+                run,
+                soft_contrastive_on_pairs(
+                    sim, pos_keep, neg_keep, self.loss.pos_scale, self.loss.neg_scale, thresholds, weights
+                ),
             )
-            run.scaler.scale(loss).backward()
-            run.solver.step(run.scaler)
-            run.scaler.update()
             self.counts["ddtas_steps"] += 1
             return output
 
@@ -200,13 +201,10 @@ class DDTASMethod(TrainingMethod):
         self.thresholds["max"] = max(self.thresholds["max"], float(values.max()))
 
     def _epoch_started(self, engine: Engine) -> None:
-        length = engine.state.epoch_length
-        if not length or engine.state.iteration % length == 0:  # not an epoch resumed after its k-th batch
+        if batches_done_in_epoch(engine) == 0:  # an epoch resumed after its k-th batch keeps its statistics
             self._reset_epoch()
-            if self.validation is not None:
-                self.validation.drawn = 0
         if self.validation is not None:
-            self.validation.start_epoch(engine.state.epoch, self.validation.drawn)
+            self.validation.start_epoch(engine)
 
     def _epoch_completed(self, engine: Engine) -> None:
         engine.state.metrics.update(self.counts)

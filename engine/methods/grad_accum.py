@@ -10,7 +10,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from config.errors import ConfigError
-from engine.methods.base import Run, TrainingMethod
+from engine.methods.base import Run, TrainingMethod, batches_done_in_epoch
 from engine.methods.standard import forward_loss
 
 
@@ -77,8 +77,7 @@ class GradientAccumulation(TrainingMethod):
         return step
 
     def _epoch_started(self, engine: Engine) -> None:
-        length = engine.state.epoch_length
-        if not length or engine.state.iteration % length == 0:  # not an epoch resumed after its k-th batch
+        if batches_done_in_epoch(engine) == 0:  # an epoch resumed after its k-th batch keeps its count
             self.epoch_steps = 0
 
     def _epoch_completed(self, engine: Engine) -> None:

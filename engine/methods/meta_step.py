@@ -46,6 +46,12 @@ class MetaResult:
     validation_loss: torch.Tensor
 
 
+def virtual_step_rates(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, float]:
+    """Each trainable parameter's learning rate in `optimizer` (the run's main one): the virtual step's."""
+    rate_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    return {name: rate_of.get(id(p), 0.0) for name, p in model.named_parameters() if p.requires_grad}
+
+
 def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 

@@ -22,17 +22,14 @@ from collections.abc import Callable
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from torch.utils.data import DataLoader
 
 from config.choices import META_GRAD_MODES, PAIR_WEIGHT_PLACEMENTS
 from config.errors import ConfigError, check_choice
-from data.build import ignore_stop_signals
-from data.image_dataset import ImageDataset
-from data.samplers import ValidationBatches
-from data.transforms import build_transforms
-from engine.methods.base import Run, TrainingMethod
+from engine.methods.base import Run, TrainingMethod, batches_done_in_epoch
 from engine.methods.feature_memory import FeatureMemory
-from engine.methods.meta_step import pair_weights, raw_weight_gradient
+from engine.methods.meta_step import pair_weights, raw_weight_gradient, virtual_step_rates
+from engine.methods.standard import forward_with_logged_loss, take_step
+from engine.methods.validation_batches import ValidationStream, build_validation_loader
 from layers.weighted_pair_losses import (
     PAIR_LOSS_KINDS,
     contrastive_on_pairs,
@@ -52,12 +49,6 @@ STAT_NAMES = (
     "mmsi_pos_weight",
     "mmsi_neg_weight",
 )
-
-
-def main_learning_rates(run: Run) -> dict[str, float]:
-    """Each trainable parameter's learning rate in the main optimizer (a virtual step's)."""
-    rate_of = {id(p): group["lr"] for group in run.solver.main.param_groups for p in group["params"]}
-    return {name: rate_of.get(id(p), 0.0) for name, p in run.model.named_parameters() if p.requires_grad}
 
 
 class PairLoss:
@@ -104,45 +95,6 @@ class PairLoss:
         return self.plain(sim, *self.mine(sim, pos_mask, neg_mask))
 
 
-def build_validation_loader(cfg, run: Run, val_batch: int, val_k: int) -> DataLoader:
-    """VAL_BATCH images, VAL_K per class, of the training split with the training augmentation, endless within
-    an epoch and seeded from (SEED, epoch) (data/samplers.py::ValidationBatches)."""
-    if val_batch % val_k:
-        raise ConfigError(
-            f"METHOD.{cfg.SOLVER.METHOD.upper()}.VAL_BATCH = {val_batch} is not a multiple of VAL_K = {val_k}"
-        )
-    records = run.data.train_records
-    workers = cfg.DATALOADER.NUM_WORKERS
-    return DataLoader(
-        ImageDataset(records, build_transforms(cfg, is_train=True, protocol=run.data.eval_sets[0].splits.protocol)),
-        batch_sampler=ValidationBatches([r.label for r in records], val_batch, val_k, cfg.SEED),
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=torch.cuda.is_available(),
-        worker_init_fn=ignore_stop_signals,
-    )
-
-
-class ValidationStream:
-    """The validation batches of the current epoch, and how many were drawn (checkpointed: a run resumed inside
-    an epoch skips them)."""
-
-    def __init__(self, loader: DataLoader):
-        self.loader = loader
-        self.drawn = 0
-        self._iterator = None
-
-    def start_epoch(self, epoch: int, already_drawn: int = 0) -> None:
-        self.loader.batch_sampler.set_epoch(epoch)
-        self.loader.batch_sampler.skip_batches(already_drawn)
-        self.drawn = already_drawn
-        self._iterator = iter(self.loader)
-
-    def next(self) -> dict:
-        self.drawn += 1
-        return next(self._iterator)
-
-
 class MMSIMethod(TrainingMethod):
     """SOLVER.METHOD mmsi (see the module docstring); its keys are METHOD.MMSI.*. One process only."""
 
@@ -167,7 +119,8 @@ class MMSIMethod(TrainingMethod):
         classes = run.data.num_classes
         self.min_classes = min(keys.MIN_CLASSES, classes)
         self.memory = FeatureMemory(classes, keys.DSIZE, run.model.feat_dim, run.device)
-        self.validation = ValidationStream(build_validation_loader(cfg, run, keys.VAL_BATCH, keys.VAL_K))
+        self.validation = ValidationStream(build_validation_loader(run, "METHOD.MMSI", keys.VAL_BATCH, keys.VAL_K))
+        self.warm = False  # the memory holds MIN_CLASSES classes (it never loses one: checked until it does)
         self.counts = dict.fromkeys(STAT_NAMES[:4], 0)
         self.weight_sums = {"pos": 0.0, "neg": 0.0}
 
@@ -179,34 +132,27 @@ class MMSIMethod(TrainingMethod):
 
         def step(engine: Engine, batch: dict) -> dict:
             batch = run.to_device(batch)
-            run.trained_model.train()
             labels = batch["label"]
-            with run.precision.autocast():
-                outputs = run.trained_model(batch["image"])
+            outputs, output = forward_with_logged_loss(run, batch)
             feats = outputs["feat"].float()
-            with torch.no_grad():  # what is logged: the plain criterion's loss and parts on this batch
-                plain, parts = run.criterion({k: v.detach() for k, v in outputs.items()}, batch)
-            output = {"loss": plain.detach(), **parts}
             self.memory.push(feats, labels)
-            if self.memory.classes_seen() < self.min_classes:
+            self.warm = self.warm or self.memory.classes_seen() >= self.min_classes
+            if not self.warm:
                 self._count("mmsi_skipped_warmup")
                 return output
-            validation = self.validation.next()  # how many were drawn is checkpointed: a resume stays aligned
+            val_images, val_labels = self.validation.next(run.device)  # how many were drawn is checkpointed
             sim = normalized_similarities(feats)
             pos_keep, neg_keep = self.loss.mine(sim, *label_masks(labels))
-            val_images = validation["image"].to(run.device, non_blocking=True)
-            val_labels = validation["label"].to(run.device, non_blocking=True)
-            # fp32 meta step: under AMP the batch's features are recomputed outside autocast
-            meta_feats = feats if not run.precision.enabled else None
             result = raw_weight_gradient(
                 run.model,
                 batch["image"],
                 lambda s, w: self.loss.weighted(s, pos_keep, neg_keep, w),
                 val_images,
                 lambda val_feats: self.loss.semi_global(val_feats, val_labels, self.memory),
-                main_learning_rates(run),
+                virtual_step_rates(run.solver.main, run.model),
                 self.grad_mode,
-                feats=meta_feats if self.grad_mode == "double_backward" else None,
+                # fp32 meta step: under AMP the batch's features are recomputed outside autocast
+                feats=feats if self.grad_mode == "double_backward" and not run.precision.enabled else None,
             )
             if not bool(result.validation_loss > 0):
                 self._count("mmsi_skipped_zero_val")
@@ -215,11 +161,7 @@ class MMSIMethod(TrainingMethod):
             if not bool(weights.max() > 0):
                 self._count("mmsi_skipped_zero_weight")
                 return output
-            run.solver.zero_grad()
-            loss = self.loss.weighted(normalized_similarities(feats), pos_keep, neg_keep, weights)
-            run.scaler.scale(loss).backward()
-            run.solver.step(run.scaler)
-            run.scaler.update()
+            take_step(run, self.loss.weighted(sim, pos_keep, neg_keep, weights))
             self._count("mmsi_steps")
             zero = weights.new_zeros(())
             self.weight_sums["pos"] += float(torch.where(pos_keep, weights, zero).sum() / pos_keep.sum().clamp_min(1))
@@ -229,13 +171,10 @@ class MMSIMethod(TrainingMethod):
         return step
 
     def _epoch_started(self, engine: Engine) -> None:
-        length = engine.state.epoch_length
-        resumed_within = bool(length) and engine.state.iteration % length != 0
-        if not resumed_within:  # an epoch resumed after its k-th batch keeps its counts and validation position
+        if batches_done_in_epoch(engine) == 0:  # an epoch resumed after its k-th batch keeps its statistics
             self.counts = dict.fromkeys(self.counts, 0)
             self.weight_sums = {"pos": 0.0, "neg": 0.0}
-            self.validation.drawn = 0
-        self.validation.start_epoch(engine.state.epoch, self.validation.drawn)
+        self.validation.start_epoch(engine)
 
     def _epoch_completed(self, engine: Engine) -> None:
         steps = max(1, self.counts["mmsi_steps"])

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from config import UserError
+from config import UserError, get_defaults
 from engine.reporting.run_files import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -100,8 +100,6 @@ def config_differences(saved_yaml: str, cfg) -> dict[str, tuple]:
     """{key: (checkpoint's value, this config's value)} for every key whose values differ. Keys that one side
     lacks (a config of an older version) count as differing only when the other side's value is not the default
     that the missing key would have had; they are compared against `cfg`'s defaults."""
-    from config import get_defaults
-
     saved = _flatten(yaml.safe_load(saved_yaml) or {})
     current = _flatten(yaml.safe_load(cfg.dump()))
     defaults = _flatten(yaml.safe_load(get_defaults().dump()))
