@@ -85,29 +85,18 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
-def tiny_opts(root: Path, out: Path, **overrides: str) -> list[str]:
-    """A resnet18 on 32 x 16 images, CPU-sized batches, 2 epochs evaluated after each."""
-    opts = {
-        "MODEL.NAME": "resnet18",
-        "MODEL.PRETRAIN_CHOICE": "none",
+@pytest.fixture(scope="module")
+def tiny_opts(tiny_opts):
+    """conftest's tiny run on the CPU for 2 epochs evaluated after each, without TensorBoard or plots."""
+    settings = {
         "MODEL.DEVICE": "cpu",
-        "DATASETS.ROOT_DIR": str(root),
-        "INPUT.SIZE_TRAIN": "[32, 16]",
-        "INPUT.SIZE_TEST": "[32, 16]",
-        "SOLVER.IMS_PER_BATCH": "8",
-        "DATALOADER.NUM_INSTANCE": "2",
-        "DATALOADER.NUM_WORKERS": "0",
         "SOLVER.MAX_EPOCHS": "2",
         "SOLVER.EVAL_PERIOD": "1",
         "SOLVER.CHECKPOINT_PERIOD": "2",
-        "SOLVER.WARMUP_ITERS": "1",
         "LOG.TENSORBOARD": "no",
         "LOG.PLOTS": "no",
-        "OUTPUT_DIR": str(out),
-        "TEST.IMS_PER_BATCH": "16",
     }
-    opts.update(overrides)
-    return [item for pair in opts.items() for item in pair]
+    return lambda root, out, **overrides: tiny_opts(root, out, **{**settings, **overrides})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -115,7 +104,7 @@ def tiny_opts(root: Path, out: Path, **overrides: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_evaluation_only_dataset_stays_out_of_training(data_root, tmp_path):
+def test_evaluation_only_dataset_stays_out_of_training(tiny_opts, data_root, tmp_path):
     cfg = load_config(None, tiny_opts(data_root, tmp_path, **{"TEST.DATASETS": "['dukemtmc', 'market1501']"}))
     data = build_data(cfg)
     assert [s.splits.name for s in data.eval_sets] == ["dukemtmc", "market1501"]  # TEST.DATASETS order
@@ -127,7 +116,7 @@ def test_evaluation_only_dataset_stays_out_of_training(data_root, tmp_path):
 
 
 @pytest.mark.e2e
-def test_train_on_market_evaluate_on_duke_then_market(data_root, tmp_path):
+def test_train_on_market_evaluate_on_duke_then_market(tiny_opts, data_root, tmp_path):
     out = tmp_path / "out"
     opts = tiny_opts(data_root, out, **{"TEST.DATASETS": "['dukemtmc', 'market1501']", "TEST.FLIP": "yes"})
     train(load_config(None, opts))
@@ -156,7 +145,7 @@ def test_train_on_market_evaluate_on_duke_then_market(data_root, tmp_path):
 
 
 @pytest.mark.e2e
-def test_test_py_does_not_load_a_dataset_that_only_trains(data_root, tmp_path):
+def test_test_py_does_not_load_a_dataset_that_only_trains(tiny_opts, data_root, tmp_path):
     # MSMT17 has no folder under the root: it may only be named as the training dataset
     opts = tiny_opts(data_root, tmp_path / "test", **{"DATASETS.NAMES": "msmt17", "TEST.FLIP": "yes"})
     result = run_test(load_config(None, [*opts, "TEST.DATASETS", "['dukemtmc', 'market1501']"]))
@@ -170,7 +159,7 @@ def test_test_py_does_not_load_a_dataset_that_only_trains(data_root, tmp_path):
         run_test(load_config(None, [*opts, "OUTPUT_DIR", str(tmp_path / "msmt")]))
 
 
-def test_unknown_test_dataset_is_one_config_error_before_any_loading(tmp_path):
+def test_unknown_test_dataset_is_one_config_error_before_any_loading(tiny_opts, tmp_path):
     # an empty root: the name is refused before any dataset is read
     cfg = load_config(None, tiny_opts(tmp_path, tmp_path / "out", **{"TEST.DATASETS": "['dukemtmc', 'duke']"}))
     with pytest.raises(ConfigError) as excinfo:
@@ -181,7 +170,7 @@ def test_unknown_test_dataset_is_one_config_error_before_any_loading(tmp_path):
     assert "'market1501'" in message and "'dukemtmc'" in message and "'msmt17'" in message
 
 
-def test_a_dataset_named_twice_in_test_datasets_is_refused(tmp_path):
+def test_a_dataset_named_twice_in_test_datasets_is_refused(tiny_opts, tmp_path):
     cfg = load_config(None, tiny_opts(tmp_path, tmp_path / "out", **{"TEST.DATASETS": "['dukemtmc', 'dukemtmc']"}))
     with pytest.raises(ConfigError, match=r"TEST.DATASETS .* names \['dukemtmc'\] more than once"):
         build_data(cfg)

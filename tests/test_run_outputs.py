@@ -26,33 +26,22 @@ def market_root(tmp_path_factory, make_market_tree):
     return root
 
 
-def _opts(root, out, **overrides):
-    opts = {
-        "MODEL.NAME": "resnet18",
-        "MODEL.PRETRAIN_CHOICE": "none",
-        "DATASETS.ROOT_DIR": str(root),
-        "INPUT.SIZE_TRAIN": "[32, 16]",
-        "INPUT.SIZE_TEST": "[32, 16]",
-        "SOLVER.IMS_PER_BATCH": "8",
-        "DATALOADER.NUM_INSTANCE": "2",
-        "DATALOADER.NUM_WORKERS": "0",
+@pytest.fixture(scope="module")
+def tiny_opts(tiny_opts):
+    """conftest's tiny run with this module's settings: 2 epochs evaluated after each, triplet + center loss."""
+    settings = {
         "SOLVER.MAX_EPOCHS": "2",
         "SOLVER.EVAL_PERIOD": "1",
         "SOLVER.CHECKPOINT_PERIOD": "2",
-        "SOLVER.WARMUP_ITERS": "1",
-        "OUTPUT_DIR": str(out),
-        "TEST.IMS_PER_BATCH": "16",
         "MODEL.METRIC_LOSS_TYPE": "triplet+center",
-        "SOLVER.LOG_PERIOD": "1",
     }
-    opts.update(overrides)
-    return [x for pair in opts.items() for x in pair]
+    return lambda root, out, **overrides: tiny_opts(root, out, **{**settings, **overrides})
 
 
 @pytest.fixture(scope="module")
-def run(market_root, tmp_path_factory):
+def run(tiny_opts, market_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
-    train(load_config(None, _opts(market_root, out)))
+    train(load_config(None, tiny_opts(market_root, out)))
     return out
 
 
@@ -98,25 +87,25 @@ def test_hyper_parameter_table_in_the_log(run):
     assert "MODEL.METRIC_LOSS_TYPE" in log and "'triplet+center'" in log and "(default 'triplet')" in log
 
 
-def test_outputs_can_be_switched_off(market_root, tmp_path):
+def test_outputs_can_be_switched_off(tiny_opts, market_root, tmp_path):
     out = tmp_path / "quiet"
     train(
         load_config(
-            None, _opts(market_root, out, **{"LOG.TENSORBOARD": "no", "LOG.PLOTS": "no", "SOLVER.MAX_EPOCHS": "1"})
+            None, tiny_opts(market_root, out, **{"LOG.TENSORBOARD": "no", "LOG.PLOTS": "no", "SOLVER.MAX_EPOCHS": "1"})
         )
     )
     assert not (out / "tensorboard").exists() and not list(out.glob("curves_*.png"))
     assert (out / "train_metrics.jsonl").is_file()
 
 
-def _brute_force_ranking(run_dir: Path, market_root: Path, tmp_path: Path):
+def _brute_force_ranking(tiny_opts, run_dir: Path, market_root: Path, tmp_path: Path):
     """Embeddings through the same test path, then a full distance matrix and a sort per query."""
     from data.build import build_data
     from engine.evaluation.dataset_evaluation import DatasetEvaluation
     from engine.run.precision import resolve_precision
     from modeling import build_model, load_weights
 
-    cfg = load_config(None, _opts(market_root, tmp_path / "ref", **{"TEST.WEIGHT": str(run_dir / "best.pt")}))
+    cfg = load_config(None, tiny_opts(market_root, tmp_path / "ref", **{"TEST.WEIGHT": str(run_dir / "best.pt")}))
     model = build_model(cfg, load_pretrained=False)
     load_weights(cfg, model, cfg.TEST.WEIGHT, "TEST.WEIGHT")
     eval_set = build_data(cfg, with_train=False).eval_sets[0]
@@ -140,14 +129,14 @@ def _brute_force_ranking(run_dir: Path, market_root: Path, tmp_path: Path):
     return expected
 
 
-def test_ranked_list_csv_matches_a_brute_force_ranking(run, market_root, tmp_path):
+def test_ranked_list_csv_matches_a_brute_force_ranking(tiny_opts, run, market_root, tmp_path):
     out = tmp_path / "test"
     run_test(
-        load_config(None, _opts(market_root, out, **{"TEST.WEIGHT": str(run / "best.pt"), "TEST.RANKED_LIST": "3"}))
+        load_config(None, tiny_opts(market_root, out, **{"TEST.WEIGHT": str(run / "best.pt"), "TEST.RANKED_LIST": "3"}))
     )
     with open(out / "ranked_list_market1501.csv") as handle:
         rows = list(csv.DictReader(handle))
-    expected = _brute_force_ranking(run, market_root, tmp_path)
+    expected = _brute_force_ranking(tiny_opts, run, market_root, tmp_path)
     assert len({r["query_path"] for r in rows}) == len(expected)
     for query, ranking in expected.items():
         mine = [r for r in rows if r["query_path"] == query]
@@ -160,11 +149,12 @@ def test_ranked_list_csv_matches_a_brute_force_ranking(run, market_root, tmp_pat
         assert (int(extra[0]["rank"]) if extra else None) == (last if last > 3 else None)
 
 
-def test_ranked_list_json(run, market_root, tmp_path):
+def test_ranked_list_json(tiny_opts, run, market_root, tmp_path):
     out = tmp_path / "test"
     run_test(
         load_config(
-            None, _opts(market_root, out, **{"TEST.WEIGHT": str(run / "best.pt"), "TEST.RANKED_LIST_FORMAT": "json"})
+            None,
+            tiny_opts(market_root, out, **{"TEST.WEIGHT": str(run / "best.pt"), "TEST.RANKED_LIST_FORMAT": "json"}),
         )
     )
     content = json.loads((out / "ranked_list_market1501.json").read_text())
