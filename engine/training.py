@@ -31,6 +31,7 @@ from engine.handlers import (
     WarmEpochs,
     loader_reseeder,
 )
+from engine.handlers.epoch_clock import EpochClock, epoch_finished, iteration_in_epoch
 from engine.handlers.evaluation import every
 from engine.handlers.graceful_stop import GracefulStop, SignalWatch, StopRequested
 from engine.handlers.within_epoch_resume import ResumeWithinEpoch
@@ -127,6 +128,7 @@ class RunHandlers:
     evaluation: PeriodicEvaluation
     best: BestModel
     within_epoch: ResumeWithinEpoch
+    clock: EpochClock
     checkpoint_epochs: Callable  # the event filter of the periodic checkpoints (engine, epoch) -> bool
     tensorboard: RunTensorboard
 
@@ -136,11 +138,14 @@ def attach_run_handlers(trainer: Engine, run: Run, method: TrainingMethod, stop:
     an event in the order they were attached).
 
     STARTED            TrainingProgress sets back the running averages of a resumed run
-    EPOCH_STARTED      1 EpochSeeding (Python/NumPy/torch and every reseeder from (SEED, epoch))
-                       2 ResumeWithinEpoch (only for an epoch resumed after its k-th batch: the generators' states
+    EPOCH_STARTED      1 EpochClock.begin (where the epoch starts: batches_done_in_epoch is right from here on)
+                       2 EpochSeeding (Python/NumPy/torch and every reseeder from (SEED, epoch))
+                       3 ResumeWithinEpoch (only for an epoch resumed after its k-th batch: the generators' states
                          after that batch, and the training loader skips the k batches)
-                       3 WarmEpochs (the backbone frozen during SOLVER.WARM_EPOCHS)
-                       4 the method's own handlers (they see the epoch's seeds and warm state)
+                       4 WarmEpochs (the backbone frozen during SOLVER.WARM_EPOCHS)
+                       5 the method's own handlers (they see the epoch's seeds and warm state; they may re-plan the
+                         epoch, e.g. re-cluster and give the loader another length)
+                       6 EpochClock.plan (the epoch's length: the training loader's length now)
     ITERATION_COMPLETED  TerminateOnNan, then progress (running averages, timer, bar or log lines),
                        then TensorBoard's per-iteration loss, then GracefulStop (a signal: stop here with a
                        checkpoint, unless this is the epoch's last iteration)
@@ -155,6 +160,7 @@ def attach_run_handlers(trainer: Engine, run: Run, method: TrainingMethod, stop:
                        6 GracefulStop (a signal: stop here, before the evaluation, which the resumed run does)
                        7 PeriodicEvaluation -> EVALUATION_COMPLETED: BestModel (best.pt), then EvaluationRecords
                          (log lines, metrics.jsonl, TensorBoard, curves), which carry the best score
+                       8 EpochClock.end (between epochs, a length ignite cannot take for the end of the run)
     COMPLETED          TensorBoard closes its files
     """
     cfg = run.cfg
@@ -175,11 +181,14 @@ def attach_run_handlers(trainer: Engine, run: Run, method: TrainingMethod, stop:
         part_names, method.stat_names, run.solver, cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.LOG_PERIOD, run.output_dir
     )
     within_epoch = ResumeWithinEpoch(run.data.train_loader)
+    clock = EpochClock(trainer, run.data.train_loader)
 
+    clock.attach_begin(trainer)
     EpochSeeding(cfg.SEED, run.reseeders).attach(trainer)
     within_epoch.attach(trainer)
     WarmEpochs(run.model, cfg.SOLVER.WARM_EPOCHS).attach(trainer)
     method.attach(trainer)
+    clock.attach_plan(trainer)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan(output_transform=lambda out: out["loss"]))
     progress.attach(trainer)
     tensorboard.attach(trainer, part_names, run.solver, cfg.SOLVER.LOG_PERIOD, method.stat_names)
@@ -190,7 +199,7 @@ def attach_run_handlers(trainer: Engine, run: Run, method: TrainingMethod, stop:
         "loss": run.criterion,
         "solver": run.solver,
         "scaler": run.scaler,
-        "trainer": trainer,
+        "trainer": clock,  # ignite's state of the trainer, with the epoch lengths it cannot keep itself
         "best": best,
         "progress": progress,
         "config": ConfigRecord(cfg),
@@ -206,7 +215,8 @@ def attach_run_handlers(trainer: Engine, run: Run, method: TrainingMethod, stop:
     evaluation.attach(trainer)
     best.attach(trainer)
     records.attach(trainer)
-    return RunHandlers(to_save, records, evaluation, best, within_epoch, checkpoint_epochs, tensorboard)
+    clock.attach_end(trainer)
+    return RunHandlers(to_save, records, evaluation, best, within_epoch, clock, checkpoint_epochs, tensorboard)
 
 
 # Checkpoint entries that checkpoints of older versions lack (and mid-epoch ones only hold)
@@ -239,7 +249,8 @@ def checkpoint_on_stop(trainer: Engine, handlers: RunHandlers, output_dir: Path)
     (with the generators' states); at an epoch's end the epoch's file, written now unless the periodic
     checkpoint of that epoch already was."""
     checkpoint_dir = output_dir / CHECKPOINT_DIR
-    epoch, done = trainer.state.epoch, trainer.state.iteration % trainer.state.epoch_length
+    epoch = trainer.state.epoch
+    done = 0 if epoch_finished(trainer) else iteration_in_epoch(trainer)
     if done:
         to_save = {**handlers.to_save, "within_epoch": handlers.within_epoch}
         return write_checkpoint(checkpoint_dir, checkpoint_name(epoch, done), to_save)
@@ -308,8 +319,8 @@ def _train_in_folder(cfg, point: ResumePoint | None, config_file: str | None, fo
     start = "epoch 0"
     if point is not None:
         resume_training_state(point, run, handlers, honoured)
-        epoch, iteration = trainer.state.epoch, trainer.state.iteration
-        done = iteration % trainer.state.epoch_length
+        epoch = trainer.state.epoch
+        done = handlers.clock.resumed_batches()
         start = f"epoch {epoch}" if not done else f"epoch {epoch + 1} batch {done}"
         # an evaluation that the checkpoint's epoch was due but that did not complete (a signal, a failure)
         evaluate_first = (
@@ -335,7 +346,7 @@ def _train_in_folder(cfg, point: ResumePoint | None, config_file: str | None, fo
                 "Evaluating epoch %d, whose evaluation the interrupted run did not complete", trainer.state.epoch
             )
             handlers.evaluation(trainer)
-        if trainer.state.epoch < max_epochs or trainer.state.iteration % (trainer.state.epoch_length or 1):
+        if trainer.state.epoch < max_epochs:  # the epochs completed (an interrupted one is not)
             trainer.run(run.data.train_loader, max_epochs=max_epochs)
     except StopRequested as request:
         path = checkpoint_on_stop(trainer, handlers, output_dir)

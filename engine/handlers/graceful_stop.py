@@ -21,6 +21,8 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
+from engine.handlers.epoch_clock import epoch_finished
+
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 
@@ -88,7 +90,7 @@ class GracefulStop:
 
     def after_iteration(self, engine: Engine) -> None:
         """ITERATION_COMPLETED: stop within an epoch (its last iteration goes on to the epoch's handlers)."""
-        if engine.state.iteration % engine.state.epoch_length == 0 or not self.at_step_boundary(engine):
+        if epoch_finished(engine) or not self.at_step_boundary(engine):
             return
         if self.distributed and engine.state.iteration % self.agree_every:
             return

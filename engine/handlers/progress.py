@@ -9,14 +9,46 @@ from pathlib import Path
 
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
-from ignite.handlers import ProgressBar, Timer
+from ignite.handlers import Timer
 from ignite.metrics import RunningAverage
+from tqdm import tqdm
 
+from engine.handlers.epoch_clock import iteration_in_epoch
 from engine.reporting.run_files import TRAIN_METRICS_FILE
 from engine.run.output_dir import append_metrics
 from solver import Solver
 
 logger = logging.getLogger("train")
+
+
+class EpochBar:
+    """A terminal's progress bar over the batches of each epoch, with the running averages: the epoch's own
+    length and position (engine/handlers/epoch_clock.py; ignite's ProgressBar derives both from the iteration
+    count, which holds only for epochs of one length)."""
+
+    def __init__(self, metric_names: list[str]):
+        self.metric_names = metric_names
+        self.bar: tqdm | None = None
+
+    def _update(self, engine: Engine) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=engine.state.epoch_length, leave=False, desc=f"Epoch [{engine.state.epoch}]")
+        position = iteration_in_epoch(engine)
+        self.bar.set_postfix(
+            {n[4:]: f"{engine.state.metrics[n]:.3g}" for n in self.metric_names if n in engine.state.metrics},
+            refresh=False,
+        )
+        self.bar.update(position - self.bar.n)
+
+    def _close(self, engine: Engine) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def attach(self, trainer: Engine) -> None:
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._update)
+        for event in (Events.EPOCH_COMPLETED, Events.TERMINATE, Events.EXCEPTION_RAISED):
+            trainer.add_event_handler(event, self._close)
 
 
 class TrainingProgress:
@@ -63,7 +95,7 @@ class TrainingProgress:
         )
 
     def log_iteration(self, engine: Engine) -> None:
-        it = (engine.state.iteration - 1) % engine.state.epoch_length + 1
+        it = iteration_in_epoch(engine)
         logger.info(
             "Epoch[%d] Iteration[%d/%d] %s", engine.state.epoch, it, engine.state.epoch_length, self.summary(engine)
         )
@@ -121,7 +153,7 @@ class TrainingProgress:
             step=Events.ITERATION_COMPLETED,
         )
         if idist.get_rank() == 0 and sys.stdout.isatty():
-            ProgressBar(persist=False).attach(trainer, metric_names=self.average_names)
+            EpochBar(self.average_names).attach(trainer)
         else:
             trainer.add_event_handler(Events.ITERATION_COMPLETED(every=self.log_period), self.log_iteration)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from ignite.engine import Engine, Events
 from torch.utils.data import DataLoader
 
-from engine.methods.base import batches_done_in_epoch
+from engine.handlers.epoch_clock import batches_done_in_epoch
 from engine.run.seeding import restore_rng_states, rng_states
 
 

@@ -26,7 +26,8 @@ from torch.func import functional_call
 
 from config.choices import META_GRAD_MODES, THRESHOLD_GENERATOR_MODES
 from config.errors import ConfigError, check_choice
-from engine.methods.base import Run, TrainingMethod, batches_done_in_epoch
+from engine.handlers.epoch_clock import batches_done_in_epoch
+from engine.methods.base import Run, TrainingMethod
 from engine.methods.meta_step import (
     buffer_copies,
     pair_weights,

@@ -10,7 +10,8 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from config.errors import ConfigError
-from engine.methods.base import Run, TrainingMethod, batches_done_in_epoch
+from engine.handlers.epoch_clock import batches_done_in_epoch, iteration_in_epoch
+from engine.methods.base import Run, TrainingMethod
 from engine.methods.standard import forward_loss
 
 
@@ -55,7 +56,7 @@ class GradientAccumulation(TrainingMethod):
         run = self.run
 
         def step(engine: Engine, batch: dict) -> dict:
-            position = (engine.state.iteration - 1) % engine.state.epoch_length
+            position = iteration_in_epoch(engine) - 1
             start, length = accumulation_window(position, engine.state.epoch_length, self.steps)
             last = position == start + length - 1
             if position == start:
@@ -92,7 +93,7 @@ class GradientAccumulation(TrainingMethod):
         return {"grad_accum": self}
 
     def at_step_boundary(self, engine: Engine) -> bool:
-        position = (engine.state.iteration - 1) % engine.state.epoch_length
+        position = iteration_in_epoch(engine) - 1
         start, length = accumulation_window(position, engine.state.epoch_length, self.steps)
         return position == start + length - 1
 

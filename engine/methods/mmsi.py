@@ -25,7 +25,8 @@ from ignite.engine import Engine, Events
 
 from config.choices import META_GRAD_MODES, PAIR_WEIGHT_PLACEMENTS
 from config.errors import ConfigError, check_choice
-from engine.methods.base import Run, TrainingMethod, batches_done_in_epoch
+from engine.handlers.epoch_clock import batches_done_in_epoch
+from engine.methods.base import Run, TrainingMethod
 from engine.methods.feature_memory import FeatureMemory
 from engine.methods.meta_step import pair_weights, raw_weight_gradient, virtual_step_rates
 from engine.methods.standard import forward_with_logged_loss, take_step

@@ -13,7 +13,8 @@ from config.errors import ConfigError
 from data.build import ignore_stop_signals
 from data.image_dataset import ImageDataset
 from data.samplers import ValidationBatches
-from engine.methods.base import Run, batches_done_in_epoch
+from engine.handlers.epoch_clock import batches_done_in_epoch
+from engine.methods.base import Run
 
 
 def build_validation_loader(run: Run, node: str, val_batch: int, val_k: int) -> DataLoader:
