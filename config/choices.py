@@ -40,6 +40,8 @@ BAD_IMAGE_ACTIONS = ("error", "skip")
 META_GRAD_MODES = ("double_backward", "jvp")
 PAIR_WEIGHT_PLACEMENTS = ("in_exponent", "outside")
 THRESHOLD_GENERATOR_MODES = ("none", "threshold", "pair_weight")
+DC_HIERARCHIES = ("top_bot", "flat")
+DC_MASK_INITS = ("ones", "normal")
 
 # dotted key -> its valid values, in the order the error message lists them
 CHOICES: dict[str, tuple] = {
@@ -59,6 +61,9 @@ CHOICES: dict[str, tuple] = {
     "METHOD.MMSI.WEIGHT_PLACEMENT": PAIR_WEIGHT_PLACEMENTS,
     "METHOD.DDTAS.OTG_MODE": THRESHOLD_GENERATOR_MODES,
     "METHOD.DDTAS.GRAD_MODE": META_GRAD_MODES,
+    "METHOD.DC.HIERARCHY": DC_HIERARCHIES,
+    "METHOD.DC.MASKING_INIT": DC_MASK_INITS,
+    "METHOD.DC.FIXED_MASK": YES_NO,
     "SOLVER.OPTIMIZER_NAME": OPTIMIZERS,
     "SOLVER.LR_SCHEDULER": LR_SCHEDULERS,
     "SOLVER.WARMUP_METHOD": WARMUP_METHODS,

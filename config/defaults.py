@@ -201,8 +201,9 @@ _C.SOLVER.IMS_PER_BATCH = 64
 # Mixed precision through torch.amp: 'auto' (fp16 on CUDA, off on CPU), 'none', 'fp16' (with a
 # GradScaler), 'bf16'
 _C.SOLVER.AMP = "auto"
-# Training method (engine/methods): 'standard' (forward, loss, backward, step every batch) or 'grad_accum'
-# (one optimizer step per METHOD.GRAD_ACCUM.STEPS batches); a method's own keys live under METHOD.<NAME>
+# Training method (engine/methods): 'standard' (forward, loss, backward, step every batch), 'grad_accum'
+# (one optimizer step per METHOD.GRAD_ACCUM.STEPS batches), 'mmsi', 'ddtas', 'dc' (Divide & Conquer); a
+# method's own keys live under METHOD.<NAME>
 _C.SOLVER.METHOD = "standard"
 
 # ---------------------------------------------------------------------------------------------------------
@@ -243,6 +244,37 @@ _C.METHOD.DDTAS.THRESHOLD_MIN = 0.5
 _C.METHOD.DDTAS.THRESHOLD_MAX = 0.9
 # 'pair_weight': the meta gradient, 'double_backward' or 'jvp' (as METHOD.MMSI.GRAD_MODE)
 _C.METHOD.DDTAS.GRAD_MODE = "double_backward"
+# Divide & Conquer (seed 003): K learners = K masks over one embedding, trained on clusters of the training set
+# (SOLVER.METHOD dc); epochs are counted from 0 as in the seed
+_C.METHOD.DC = CN()
+# K reached by the hierarchy (seed: --nb-clusters; a power of two for 'top_bot')
+_C.METHOD.DC.NB_CLUSTERS = 8
+# Epochs between re-clusterings, and between doublings of K (seed: --mod-epoch)
+_C.METHOD.DC.MOD_EPOCH = 2
+# In epochs e with e % MOD_EPOCH < this, the backbone's learning rate is 0: only the embedding layer, the masks
+# and the loss's parameters train (seed: --mod-epoch-freeze; 0 = never)
+_C.METHOD.DC.MOD_EPOCH_FREEZE = 1
+# From this epoch on every batch trains the full embedding: no mask, masks no longer trained, no regulariser;
+# batches still come cluster by cluster (seed: --force-full-embedding-epoch; -1 = never)
+_C.METHOD.DC.FORCE_FULL_EMBEDDING_EPOCH = 80
+# The masks' learning rate and weight decay: SOLVER.BASE_LR and SOLVER.WEIGHT_DECAY times these
+# (seed: --mask-lr-mult, --mask-wd-mult)
+_C.METHOD.DC.MASK_LR_MULT = 100.0
+_C.METHOD.DC.MASK_WD_MULT = 1.0
+# Weight of the orthogonality regulariser lambda * mean_{i != j} cos(relu(m_i), relu(m_j)) (seed: --masking-lambda)
+_C.METHOD.DC.MASKING_LAMBDA = 0.01
+# The first mask: 'ones' or 'normal' (each entry from N(0.9, 0.7))
+_C.METHOD.DC.MASKING_INIT = "ones"
+# 'yes': K disjoint binary slices of the embedding, not learned (the CVPR 2019 version)
+_C.METHOD.DC.FIXED_MASK = "no"
+# 'top_bot' (K = 1, doubling every MOD_EPOCH epochs by splitting each cluster in two, up to NB_CLUSTERS) or
+# 'flat' (NB_CLUSTERS clusters from the first epoch, re-clustered every MOD_EPOCH epochs: the CVPR 2019 version)
+_C.METHOD.DC.HIERARCHY = "top_bot"
+# k-means: Lloyd iterations, and tries with new seeds until every cluster holds 2 classes with 2 images
+_C.METHOD.DC.KMEANS_NITER = 100
+_C.METHOD.DC.KMEANS_TRIES = 30
+# The k-means seed of a re-clustering: -1 = from SEED and the epoch; else this value plus the epoch
+_C.METHOD.DC.KMEANS_SEED = -1
 
 # ---------------------------------------------------------------------------------------------------------
 # LOG: what a run writes besides log.txt and metrics.jsonl

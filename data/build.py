@@ -40,6 +40,7 @@ class DataBundle:
     train_loader: DataLoader | None
     eval_sets: list[EvalSet]
     num_classes: int
+    train_protocol: str = "reid"  # the first training dataset's protocol: it picks the transforms
 
 
 def dataset_names(cfg) -> list[str]:
@@ -76,9 +77,15 @@ def build_train_loader(cfg, records: list[Record], protocol: str = "reid") -> Da
     else:
         sampler = PKBatchSampler(labels, cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE, cfg.SEED, rank, world)
     dataset = ImageDataset(records, build_transforms(cfg, is_train=True, protocol=protocol))
+    return training_loader(cfg, dataset, SeededBatches(sampler))  # each sample's augmentation seeded by position
+
+
+def training_loader(cfg, dataset: ImageDataset, batch_sampler) -> DataLoader:
+    """A training loader over `dataset` drawing `batch_sampler`'s batches of (index, augmentation seed[,
+    cluster]) items; a training method that batches otherwise (Divide & Conquer) builds its own with it."""
     return DataLoader(
         dataset,
-        batch_sampler=SeededBatches(sampler),  # each sample's augmentation seeded by its position
+        batch_sampler=batch_sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         pin_memory=torch.cuda.is_available(),
         generator=torch.Generator(),  # reseeded each epoch: worker seeds follow (SEED, epoch)
@@ -165,4 +172,5 @@ def build_data(cfg, with_train: bool = True) -> DataBundle:
         train_loader=build_train_loader(cfg, train_records, loaded[train_names[0]].protocol),
         eval_sets=eval_sets,
         num_classes=num_classes,
+        train_protocol=loaded[train_names[0]].protocol,
     )

@@ -94,7 +94,7 @@ def test_kmeans_finds_separated_blobs_with_either_backend():
 def test_a_doubling_splits_every_cluster_into_children_2c_and_2c_plus_1():
     features, classes, blob = blobs(4, 10)
     previous = blob // 2  # two clusters, each of two blobs
-    children = split_in_two(features, classes, previous, 2, seed=0)
+    children = split_in_two(features, classes, previous, 2, seed=0).assignment
     assert set(children[previous == 0].tolist()) == {0, 1} and set(children[previous == 1].tolist()) == {2, 3}
     assert len({(a, b) for a, b in zip(children.tolist(), blob.tolist())}) == 4
     # recluster: k-means with 2, named as the previous round named the same images, then the split to 4

@@ -130,3 +130,56 @@ def test_torchrun_with_parameters_that_get_no_gradient(tmp_path, make_market_tre
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (out / "checkpoints" / "checkpoint_1.pt").is_file()
+
+
+def test_torchrun_divide_and_conquer_clusters_once_and_trains_the_same_epochs_on_both_ranks(
+    tmp_path, make_market_tree, free_port
+):
+    """SOLVER.METHOD dc on two processes: rank 0 clusters and broadcasts (both ranks then plan epochs of the same
+    length, or DDP would wait forever), one record of the round, the masks' gradients averaged by hand."""
+    make_market_tree(tmp_path / "data", train_ids=8, test_ids=5, images_per_id=4, cameras=3, size=(32, 16))
+    out = tmp_path / "dist"
+    opts = {
+        "MODEL.NAME": "resnet18",
+        "MODEL.PRETRAIN_CHOICE": "none",
+        "DATASETS.ROOT_DIR": str(tmp_path / "data"),
+        "INPUT.SIZE_TRAIN": "[32, 16]",
+        "INPUT.SIZE_TEST": "[32, 16]",
+        "SOLVER.IMS_PER_BATCH": "8",
+        "DATALOADER.NUM_INSTANCE": "2",
+        "DATALOADER.NUM_WORKERS": "0",
+        "SOLVER.MAX_EPOCHS": "2",
+        "SOLVER.WARMUP_ITERS": "0",
+        "TEST.IMS_PER_BATCH": "4",
+        "TEST.PROTOCOL": "retrieval",
+        "MODEL.METRIC_LOSS_TYPE": "margin",
+        "MODEL.CLS_LOSS_TYPE": "none",
+        "MODEL.NECK": "no",
+        "MODEL.EMBEDDING_DIM": "16",
+        "SOLVER.METHOD": "dc",
+        "METHOD.DC.NB_CLUSTERS": "2",
+        "METHOD.DC.MOD_EPOCH": "1",
+        "METHOD.DC.MOD_EPOCH_FREEZE": "0",
+        "METHOD.DC.KMEANS_NITER": "20",
+        "OUTPUT_DIR": str(out),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={free_port}",
+            "train.py",
+            *[item for pair in opts.items() for item in pair],
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rounds = [json.loads(line) for line in (out / "clusters.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["k"]) for r in rounds] == [(1, 2)]  # written once, by rank 0
+    epochs = [json.loads(line) for line in (out / "train_metrics.jsonl").read_text().splitlines()]
+    assert [r["clusters"] for r in epochs] == [1, 2]

@@ -4,7 +4,10 @@ batch, the epochs, the ImageNet file and the dataset root are overridden).
 
 The recipes of the training methods MMSI (seed 001, configs/mmsi_*.yml) and DDTAS (seed 000, configs/ddtas_*.yml):
 each quotes its seed script's variables and command in its header and sets the keys they map to, selects its
-method and the loss that method needs, and gives its baseline (MMSI=0 / OTG=0) by switching one key."""
+method and the loss that method needs, and gives its baseline (MMSI=0 / OTG=0) by switching one key.
+
+The Divide & Conquer recipes (seed 003, configs/dc_*.yml): each quotes the seed's sample command, maps every one of
+its flags to a key, gives the published numbers and the "learn" rows one key away; one trains two tiny epochs."""
 
 from __future__ import annotations
 
@@ -281,3 +284,101 @@ def test_method_recipe_baseline_is_one_key_away(name):
     for key, value in switches:
         switched = flat(load_config(path, [key, value]))
         assert {k for k, v in switched.items() if recipe[k] != v} == {key} and switched[key] == value
+
+
+# ------------------------------------------------------------------------------------------ Divide & Conquer
+DC_RECIPES = {f"dc_{d}_resnet50.yml" for d in ("cub", "cars", "sop", "inshop", "vehicleid")}
+# the seed's --dataset values
+DC_SEED_DATASETS = {"cub": "cub", "cars": "cars", "sop": "sop", "inshop": "inshop", "vehicleid": "vid"}
+# seed 003's README: R@1 of the "fixed" and "learn" rows
+DC_PUBLISHED_R1 = {"cub": ("67.39", "67.71"), "cars": ("87.22", "86.90"), "sop": ("79.50", "79.80"),
+                   "inshop": ("89.84", "90.49")}  # fmt: skip
+
+
+def dc_quoted_flags(header: str) -> dict[str, str]:
+    """The flags of the seed command quoted in a D&C recipe's header: `--name=value` and `-seed=4` pairs."""
+    command = re.search(r"^#   python train\.py --experiment .*(?:\n#       .*)*", header, flags=re.M)
+    return dict(re.findall(r"(?:^|\s)-{1,2}([\w-]+)[= ](\S+)", command.group(0).split("train.py", 1)[1]))
+
+
+def test_every_dc_recipe_is_there():
+    assert {p.name for p in (ROOT / "configs").glob("dc_*.yml")} == DC_RECIPES
+
+
+@pytest.mark.parametrize("name", sorted(DC_RECIPES))
+def test_dc_recipe_sets_every_flag_of_the_seed_command(name):
+    cfg = load_config(ROOT / "configs" / name, [])
+    dataset = name.split("_")[1]
+    header = recipe_header(name)
+    flags = dc_quoted_flags(header)
+    dc = cfg.METHOD.DC
+    # every flag of the command, and the key value it maps to (None: no key, said in the header)
+    expected = {
+        "experiment": ("margin_loss_resnet50", cfg.MODEL.NAME == "resnet50" and cfg.SOLVER.METHOD == "dc"),
+        "dataset": (DC_SEED_DATASETS[dataset], cfg.DATASETS.NAMES == dataset),
+        "i": ("$NAME", cfg.OUTPUT_DIR == f"./logs/dc_{dataset}_resnet50"),
+        "seed": ("4", cfg.SEED == 4),
+        "sz-embedding": ("512", cfg.MODEL.EMBEDDING_DIM == 512),
+        "mod-epoch": ("2", dc.MOD_EPOCH == 2),
+        "nb-clusters": ("32", dc.NB_CLUSTERS == (4 if dataset in ("cub", "cars") else 32)),
+        "nb-epochs": ("180", cfg.SOLVER.MAX_EPOCHS == 180),
+        "batch-size": ("80", cfg.SOLVER.IMS_PER_BATCH == 80),
+        "num-samples-per-class": ("2", cfg.DATALOADER.NUM_INSTANCE == 2),
+        "backend": ("faiss-gpu", True),
+        "lr-gamma": ("0.3", cfg.SOLVER.LR_SCHEDULER == "step" and cfg.SOLVER.LR_DECAY_GAMMA == 1.0),
+        "mod-epoch-freeze": ("1", dc.MOD_EPOCH_FREEZE == 1),
+        "sampler": ("distanceweighted", cfg.MODEL.METRIC_LOSS_TYPE == "margin"),
+        "weight-decay": ("1e-4", cfg.SOLVER.WEIGHT_DECAY == pytest.approx(1e-4)),
+        "batch-sampler": ("adaptbalanced", cfg.SOLVER.METHOD == "dc"),
+        "force-full-embedding-epoch": ("80", dc.FORCE_FULL_EMBEDDING_EPOCH == 80),
+        "mask-lr-mult": ("100", dc.MASK_LR_MULT == 100),
+        "masking-lambda": ("0.01", dc.MASKING_LAMBDA == pytest.approx(0.01)),
+        "mask-wd-mult": ("1", dc.MASK_WD_MULT == 1),
+        "dataset-dir": ("$datadir", cfg.DATASETS.ROOT_DIR == "./datasets"),
+    }
+    assert set(flags) == set(expected)
+    for flag, (value, holds) in expected.items():
+        assert flags[flag] == value, flag
+        assert holds, flag
+        assert f"--{flag}" in header.split("Flag by flag", 1)[1] or flag in ("i", "seed"), flag  # mapped below
+    # the seed's defaults it keeps
+    assert cfg.SOLVER.OPTIMIZER_NAME == "Adam" and cfg.SOLVER.BASE_LR == pytest.approx(1e-5)
+    assert cfg.LOSS.MARGIN_LOSS.ALPHA == pytest.approx(0.2) and cfg.LOSS.MARGIN_LOSS.LEARN_BETA == "no"
+    assert dc.HIERARCHY == "top_bot" and dc.FIXED_MASK == "no" and dc.MASKING_INIT == "ones"
+    assert cfg.MODEL.BN_FREEZE == "yes" and cfg.SOLVER.EVAL_PERIOD == 1 and cfg.TEST.NMI_RUNS >= 1
+    assert list(cfg.INPUT.SIZE_TRAIN) == [224, 224] and cfg.INPUT.RESIZE_TEST == 256
+    if dataset in DC_PUBLISHED_R1:
+        fixed, learn = DC_PUBLISHED_R1[dataset]
+        assert f"R@1 {fixed}" in header and f"R@1 {learn}" in header
+    # the "learn" rows are one key away
+    learn = flat(load_config(ROOT / "configs" / name, ["LOSS.MARGIN_LOSS.LEARN_BETA", "yes"]))
+    assert {k for k, v in learn.items() if flat(cfg)[k] != v} == {"LOSS.MARGIN_LOSS.LEARN_BETA"}
+
+
+@pytest.mark.e2e
+def test_dc_recipe_trains_two_tiny_epochs_with_a_split(tmp_path, make_cub_tree, fill_images):
+    data_root = tmp_path / "data"
+    make_cub_tree(data_root, num_classes=16, per_class=4)
+    fill_images(data_root)
+    out = tmp_path / "out"
+    opts = {
+        "MODEL.PRETRAIN_CHOICE": "none",
+        "DATASETS.ROOT_DIR": str(data_root),
+        "INPUT.SIZE_TRAIN": "[64, 64]",
+        "INPUT.SIZE_TEST": "[64, 64]",
+        "INPUT.RESIZE_TEST": "72",
+        "SOLVER.IMS_PER_BATCH": "8",
+        "SOLVER.MAX_EPOCHS": "2",
+        "METHOD.DC.NB_CLUSTERS": "2",
+        "METHOD.DC.MOD_EPOCH": "1",
+        "TEST.NMI_RUNS": "1",
+        "DATALOADER.NUM_WORKERS": "0",
+        "TEST.IMS_PER_BATCH": "16",
+        "OUTPUT_DIR": str(out),
+        "LOG.PLOTS": "no",
+        "LOG.TENSORBOARD": "no",
+    }
+    result = train(load_config(ROOT / "configs" / "dc_cub_resnet50.yml", [x for kv in opts.items() for x in kv]))
+    assert 0.0 <= result["R@1"] <= 1.0 and "NMI" in result
+    epochs = [json.loads(line) for line in (out / "train_metrics.jsonl").read_text().splitlines()]
+    assert [r["clusters"] for r in epochs] == [1, 2] and [r["backbone_frozen"] for r in epochs] == [1, 1]

@@ -290,7 +290,7 @@ def test_train_py_refuses_an_unknown_method_in_one_line_before_writing_anything(
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: SOLVER.METHOD = 'mmsi_typo' is not valid; expected one of: 'standard', 'grad_accum', 'mmsi', 'ddtas'"
+        "error: SOLVER.METHOD = 'mmsi_typo' is not valid; expected one of: 'standard', 'grad_accum', 'mmsi', 'ddtas', 'dc'"
     ]
     assert not out.exists()
 

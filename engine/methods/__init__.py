@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from config.errors import check_choice
 from engine.methods.base import Run, TrainingMethod
+from engine.methods.dc.method import DivideAndConquer
 from engine.methods.ddtas import DDTASMethod
 from engine.methods.grad_accum import GradientAccumulation
 from engine.methods.mmsi import MMSIMethod
@@ -15,10 +16,21 @@ METHODS: dict[str, type[TrainingMethod]] = {
     "grad_accum": GradientAccumulation,
     "mmsi": MMSIMethod,
     "ddtas": DDTASMethod,
+    "dc": DivideAndConquer,
 }
 
 # Checkpoint entries of the run itself, which a method's checkpoint_state must not reuse
-RUN_STATE_NAMES = ("model", "loss", "solver", "scaler", "trainer", "best", "progress", "config", "within_epoch")
+RUN_STATE_NAMES = (
+    "model",
+    "loss",
+    "solver",
+    "scaler",
+    "trainer",
+    "best",
+    "progress",
+    "config",
+    "within_epoch",
+)
 
 
 def check_method(cfg) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 from yacs.config import CfgNode
 
 from data.build import DataBundle
-from engine.handlers.epoch_seeding import Reseeder
+from engine.handlers.epoch_seeding import Reseeder, loader_reseeder
 from engine.run.precision import Precision
 from solver import Solver
 
@@ -48,16 +48,15 @@ class Run:
     output_dir: Path
     reseeders: list[Reseeder] = field(default_factory=list)
 
+    def replace_train_loader(self, loader) -> None:
+        """Train from `loader` instead of the one build_data made (a method that batches otherwise, e.g. by
+        cluster); its batch sampler is reseeded at each epoch start as the first one was."""
+        self.data.train_loader = loader
+        self.reseeders[0] = loader_reseeder(loader)
+
     def to_device(self, batch: dict) -> dict:
         """The batch's tensors on the run's device (non-blocking from pinned memory); other values as they are."""
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def batches_done_in_epoch(engine: Engine) -> int:
-    """How many batches of the current epoch were trained before this run started it: 0 for an epoch started
-    afresh, k for an epoch resumed after its k-th batch (ignite fires EPOCH_STARTED for its rest too)."""
-    length = engine.state.epoch_length
-    return engine.state.iteration % length if length else 0
 
 
 class TrainingMethod:

@@ -112,10 +112,11 @@ def split_in_two(
     max_tries: int = MAX_TRIES,
     niter: int = KMEANS_NITER,
     kmeans_fn: KMeansFn = kmeans,
-) -> np.ndarray:
+) -> Clustering:
     """Each cluster c split by 2-means into children 2c and 2c + 1 (a cluster of fewer than 2 images gives all
-    of them to 2c)."""
+    of them to 2c); the tries of all the splits are summed."""
     children = np.empty_like(assignment)
+    tries, backend = 0, "none"
     for cluster in range(k):
         members = np.flatnonzero(assignment == cluster)
         if len(members) < 2:
@@ -125,7 +126,8 @@ def split_in_two(
             features[members], classes[members], 2, seed + 1000 * cluster, max_tries, niter, kmeans_fn
         )
         children[members] = 2 * cluster + halves.assignment
-    return children
+        tries, backend = tries + halves.tries, halves.backend
+    return Clustering(children, 2 * k, tries, backend, well_formed(children, classes, 2 * k))
 
 
 def recluster(
@@ -141,15 +143,18 @@ def recluster(
 ) -> Clustering:
     """One re-clustering of the top_bot hierarchy: k-means with `k_before` clusters (Hungarian-matched to
     `previous` when there is one), then, when K doubles (`k_now` = 2 `k_before`), every cluster split in two."""
+    if k_now not in (k_before, 2 * k_before):
+        raise ValueError(f"top_bot goes from {k_before} clusters to {k_before} or {2 * k_before}, not {k_now}")
     found = kmeans_with_retries(features, classes, k_before, seed, max_tries, niter, kmeans_fn)
     assignment = found.assignment
     if previous is not None and k_before > 1:
         assignment = hungarian_reassignment(assignment, previous, k_before)
+    tries, backend = found.tries, found.backend
     if k_now == 2 * k_before:
-        assignment = split_in_two(features, classes, assignment, k_before, seed, max_tries, niter, kmeans_fn)
-    elif k_now != k_before:
-        raise ValueError(f"top_bot goes from {k_before} clusters to {k_before} or {2 * k_before}, not {k_now}")
-    return Clustering(assignment, k_now, found.tries, found.backend, well_formed(assignment, classes, k_now))
+        split = split_in_two(features, classes, assignment, k_before, seed, max_tries, niter, kmeans_fn)
+        assignment, tries = split.assignment, tries + split.tries
+        backend = backend if backend != "none" else split.backend
+    return Clustering(assignment, k_now, tries, backend, well_formed(assignment, classes, k_now))
 
 
 def trainable_images(assignment: np.ndarray, classes: np.ndarray) -> np.ndarray:

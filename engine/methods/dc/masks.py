@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MASK_INITS = ("ones", "normal")
+from config.choices import DC_MASK_INITS as MASK_INITS
 
 
 def fixed_slices(k: int, dim: int) -> torch.Tensor:
@@ -46,17 +46,25 @@ def replace_in_optimizer(optimizer: torch.optim.Optimizer, old: torch.Tensor, ne
 
 
 class LearnerMasks(nn.Module):
-    """The masks of the K learners: a K x dim parameter (or, fixed, a K x dim buffer of slices)."""
+    """The masks of the K learners: a K x dim parameter (or, fixed, a K x dim buffer of slices). `k` masks to
+    start with: 1 for the top_bot hierarchy, K for a flat one (each learned one drawn by `init`)."""
 
-    def __init__(self, dim: int, init: str = "ones", fixed: bool = False, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        dim: int,
+        init: str = "ones",
+        fixed: bool = False,
+        generator: torch.Generator | None = None,
+        k: int = 1,
+    ):
         super().__init__()
         if init not in MASK_INITS:
             raise ValueError(f"mask init {init!r}; expected one of {MASK_INITS}")
         self.dim, self.fixed = dim, fixed
         if fixed:
-            self.register_buffer("values", fixed_slices(1, dim))
+            self.register_buffer("values", fixed_slices(k, dim))
         else:
-            start = torch.ones(1, dim) if init == "ones" else 0.9 + 0.7 * torch.randn(1, dim, generator=generator)
+            start = torch.ones(k, dim) if init == "ones" else 0.9 + 0.7 * torch.randn(k, dim, generator=generator)
             self.values = nn.Parameter(start)
 
     @property

@@ -67,11 +67,28 @@ def adaptbalanced_batch(
 class ClusterBatches(Sampler):
     """The training loader's batch sampler under Divide & Conquer: call `set_assignment` after each
     re-clustering (cluster id per training image, -1 for an image left out of the round) and `set_epoch` at
-    each epoch start."""
+    each epoch start. With several processes every rank takes the same clusters in the same turns (one
+    assignment, broadcast) and draws its own batches of them (`rank` enters every draw): `batch_size` is the
+    batch of all processes together, of which each draws batch_size / world_size images; the epoch's batches
+    per cluster count global batches."""
 
-    def __init__(self, labels: list[int], batch_size: int = 80, per_class: int = 2, seed: int = 0):
+    def __init__(
+        self,
+        labels: list[int],
+        batch_size: int = 80,
+        per_class: int = 2,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if batch_size % world_size or (batch_size // world_size) % per_class:
+            raise ValueError(
+                f"a batch of {batch_size} images cannot be split into {world_size} process(es) of whole classes of "
+                f"{per_class} images"
+            )
         self.labels = np.asarray(labels)
-        self.batch_size, self.per_class, self.seed = batch_size, per_class, seed
+        self.batch_size, self.per_class, self.seed, self.rank = batch_size, per_class, seed, rank
+        self.local_batch_size = batch_size // world_size
         self.assignment = np.zeros(len(labels), dtype=np.int64)
         self.epoch = 0
         self._skip = 0
@@ -103,10 +120,10 @@ class ClusterBatches(Sampler):
         by_class = {int(c): members[self.labels[members] == c] for c in np.unique(self.labels[members])}
         classes = sorted(by_class)
         for restart in range(1 << 30):  # a cluster that ran out starts over with new draws
-            rng = np.random.default_rng([self.seed, self.epoch, cluster, restart])
+            rng = np.random.default_rng([self.seed, self.epoch, cluster, restart, self.rank])
             pointers = ClassPointers(by_class, rng)
             for _ in range(max(1, len(members) // self.batch_size)):
-                yield adaptbalanced_batch(classes, pointers, members, self.batch_size, self.per_class, rng)
+                yield adaptbalanced_batch(classes, pointers, members, self.local_batch_size, self.per_class, rng)
 
     def __iter__(self):
         skip, self._skip = self._skip, 0
@@ -116,7 +133,7 @@ class ClusterBatches(Sampler):
             batch = next(streams[cluster])
             if number < skip:
                 continue
-            seeds = np.random.default_rng([self.seed, self.epoch, 7, number]).integers(
+            seeds = np.random.default_rng([self.seed, self.epoch, 7, number, self.rank]).integers(
                 0, 2**63 - 1, size=len(batch), dtype=np.int64
             )
             yield [(index, int(seed), cluster) for index, seed in zip(batch, seeds)]
