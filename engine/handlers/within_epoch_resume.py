@@ -13,8 +13,8 @@ from engine.run.seeding import restore_rng_states, rng_states
 
 class ResumeWithinEpoch:
     """Saved (as 'within_epoch') only in a mid-epoch checkpoint: the global generators' states after the k-th
-    batch. On the resumed EPOCH_STARTED (ignite fires it for the partial epoch, with state.iteration not a
-    multiple of the epoch length), after EpochSeeding has seeded the epoch as usual: the generators are set to
+    batch. On the resumed EPOCH_STARTED (ignite fires it for the partial epoch: batches_done_in_epoch is k),
+    after EpochSeeding has seeded the epoch as usual: the generators are set to
     the saved states and the training loader skips the k batches already trained (its batches and their
     augmentation seeds follow from (SEED, epoch) and their position: data/samplers.py::SeededBatches).
 

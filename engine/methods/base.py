@@ -70,13 +70,14 @@ class TrainingMethod:
       so that an EPOCH_STARTED handler sees the epoch's seeds and an EPOCH_COMPLETED handler runs before the
       epoch is logged, evaluated and checkpointed.
     - `checkpoint_state()`: {name: object with state_dict()/load_state_dict()} saved in every checkpoint and
-      restored on resume; names must not clash with the run's own ('model', 'loss', 'solver', 'scaler',
-      'trainer', 'best').
+      restored on resume; names must not clash with the run's own (engine/methods/__init__.py::RUN_STATE_NAMES).
     - `at_step_boundary(engine)`: whether nothing is pending after this iteration (no gradients accumulated for a
       later step): a run stopped by a signal stops and checkpoints only there. True by default.
-    - EPOCH_STARTED also fires for the rest of an epoch resumed after its k-th batch (state.iteration is then
-      not a multiple of state.epoch_length): a handler that resets per-epoch accumulators must not reset then
-      (their values come back through checkpoint_state()).
+    - EPOCH_STARTED also fires for the rest of an epoch resumed after its k-th batch
+      (engine/handlers/epoch_clock.py::batches_done_in_epoch is then k): a handler that resets per-epoch
+      accumulators must not reset then (their values come back through checkpoint_state()).
+    - The training loader's length is read after the method's EPOCH_STARTED handlers: a method may re-plan each
+      epoch there (a new sampler assignment), epochs of different lengths included.
     - `stat_names`: epoch statistics the method leaves in `trainer.state.metrics` at EPOCH_COMPLETED (e.g. the
       optimizer steps taken); they are logged, written to train_metrics.jsonl and to TensorBoard.
     """
