@@ -16,6 +16,8 @@ from __future__ import annotations
 from config.errors import check_choice
 
 YES_NO = ("yes", "no")
+AUTO_YES_NO = ("auto", "yes", "no")
+OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for_loop")
 ON_OFF = ("on", "off")
 DEVICES = ("auto", "cpu", "cuda")
 LAST_STRIDES = (1, 2)
@@ -51,6 +53,11 @@ CHOICES: dict[str, tuple] = {
     "MODEL.POOLING": POOLINGS,
     "MODEL.EMBEDDING_NORM": YES_NO,
     "MODEL.BN_FREEZE": YES_NO,
+    "MODEL.CHANNELS_LAST": AUTO_YES_NO,
+    "MODEL.COMPILE": YES_NO,
+    "SOLVER.CUDNN_BENCHMARK": AUTO_YES_NO,
+    "SOLVER.OPTIMIZER_IMPL": OPTIMIZER_IMPLS,
+    "DATALOADER.PERSISTENT_WORKERS": YES_NO,
     "MODEL.NECK": NECKS,
     "MODEL.IF_LABELSMOOTH": ON_OFF,
     "MODEL.IF_WITH_CENTER": YES_NO,

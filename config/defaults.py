@@ -37,6 +37,10 @@ _C.MODEL.EMBEDDING_NORM = "no"
 # 'yes' (seed 004's --bn-freeze 1): every BatchNorm of the backbone stays in eval mode (running statistics
 # frozen) with its affine parameters frozen; 'no'
 _C.MODEL.BN_FREEZE = "no"
+# Channels-last memory format for the model and its input batches: 'auto' (on CUDA), 'yes', 'no'
+_C.MODEL.CHANNELS_LAST = "auto"
+# torch.compile the model the training step calls: 'no' (default) or 'yes' (a failure stops in one line)
+_C.MODEL.COMPILE = "no"
 # 'bnneck': BatchNorm1d after pooling (bias frozen), classification loss sees its output; 'no': no neck
 _C.MODEL.NECK = "bnneck"
 # Metric loss(es) on the pooled feature, several joined by '+' (e.g. 'ms+center'): 'triplet' (batch-hard;
@@ -113,6 +117,9 @@ _C.DATASETS.SPLIT_RATIO = 0.5
 _C.DATALOADER = CN()
 # Worker processes decoding images (0 = in the main process)
 _C.DATALOADER.NUM_WORKERS = 4
+# With workers: keep them between epochs ('yes'/'no'), and the batches each loads ahead
+_C.DATALOADER.PERSISTENT_WORKERS = "yes"
+_C.DATALOADER.PREFETCH_FACTOR = 2
 # 'softmax_triplet' or 'triplet': P identities x K images per batch (PK sampling); 'softmax': random batches
 _C.DATALOADER.SAMPLER = "softmax_triplet"
 # K, images per identity in a PK batch (identities with fewer images are sampled with replacement)
@@ -201,6 +208,14 @@ _C.SOLVER.IMS_PER_BATCH = 64
 # Mixed precision through torch.amp: 'auto' (fp16 on CUDA, off on CPU), 'none', 'fp16' (with a
 # GradScaler), 'bf16'
 _C.SOLVER.AMP = "auto"
+# apex's opt_level, as NAMA's YAML files carry it: mapped onto SOLVER.AMP ('O0' -> none; 'O1', 'O2' -> fp16 autocast
+# with a GradScaler; 'O3', apex's pure fp16, is refused); '' = not given
+_C.SOLVER.OPT_LEVEL = ""
+# cuDNN's autotuner for convolutions: 'auto' (on CUDA), 'yes', 'no' (its choice of kernels may vary between runs)
+_C.SOLVER.CUDNN_BENCHMARK = "auto"
+# The main optimizer's implementation: 'auto' (fused on CUDA, torch's default elsewhere), 'fused', 'foreach',
+# 'for_loop'
+_C.SOLVER.OPTIMIZER_IMPL = "auto"
 # Training method (engine/methods): 'standard' (forward, loss, backward, step every batch), 'grad_accum'
 # (one optimizer step per METHOD.GRAD_ACCUM.STEPS batches), 'mmsi', 'ddtas', 'dc' (Divide & Conquer); a
 # method's own keys live under METHOD.<NAME>

@@ -190,6 +190,30 @@ def merge_pairs(cfg: CfgNode, pairs: Iterable[str]) -> None:
         node[parts[-1]] = _coerce(key, value, node[parts[-1]], "the command line")
 
 
+APEX_OPT_LEVELS = {"O0": "none", "O1": "fp16", "O2": "fp16"}
+
+
+def _map_apex_opt_level(cfg: CfgNode) -> None:
+    """SOLVER.OPT_LEVEL (apex's O0-O3, in NAMA's YAML files) onto SOLVER.AMP (torch.amp), in one line when it
+    cannot be."""
+    level = cfg.SOLVER.OPT_LEVEL
+    if not level:
+        return
+    if level == "O3":
+        raise ConfigError(
+            "SOLVER.OPT_LEVEL = 'O3' (apex's pure fp16, without fp32 master weights) is not supported; use 'O1' or "
+            "'O2' (fp16 autocast with a GradScaler) or SOLVER.AMP"
+        )
+    if level not in APEX_OPT_LEVELS:
+        raise ConfigError(f"SOLVER.OPT_LEVEL = {level!r}; expected one of 'O0', 'O1', 'O2' (apex's levels) or ''")
+    amp = APEX_OPT_LEVELS[level]
+    if cfg.SOLVER.AMP not in ("auto", amp):
+        raise ConfigError(
+            f"SOLVER.OPT_LEVEL = {level!r} means SOLVER.AMP {amp!r}, but SOLVER.AMP = {cfg.SOLVER.AMP!r}; give one"
+        )
+    cfg.SOLVER.AMP = amp
+
+
 def _check(cfg: CfgNode) -> None:
     """Fixed choices (config/choices.py), then checks that involve several keys or ranges. Names looked up in
     registries (MODEL.NAME, DATASETS.NAMES, the loss types, ...) are checked where those objects are built."""
@@ -235,6 +259,7 @@ def load_config(config_file: str | Path | None = None, opts: Iterable[str] = ())
     if config_file:
         merge_yaml_file(cfg, config_file)
     merge_pairs(cfg, opts)
+    _map_apex_opt_level(cfg)
     _check(cfg)
     cfg.freeze()
     return cfg

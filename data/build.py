@@ -82,14 +82,21 @@ def build_train_loader(cfg, records: list[Record], protocol: str = "reid") -> Da
 
 def training_loader(cfg, dataset: ImageDataset, batch_sampler) -> DataLoader:
     """A training loader over `dataset` drawing `batch_sampler`'s batches of (index, augmentation seed[,
-    cluster]) items; a training method that batches otherwise (Divide & Conquer) builds its own with it."""
+    cluster]) items; a training method that batches otherwise (Divide & Conquer) builds its own with it.
+    With workers, DATALOADER.PERSISTENT_WORKERS keeps them between epochs (the augmentation follows each
+    sample's seed, not the worker's state) and each loads DATALOADER.PREFETCH_FACTOR batches ahead."""
+    workers = cfg.DATALOADER.NUM_WORKERS
+    if workers and cfg.DATALOADER.PREFETCH_FACTOR < 1:
+        raise ConfigError(f"DATALOADER.PREFETCH_FACTOR = {cfg.DATALOADER.PREFETCH_FACTOR}; expected 1 or more")
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         generator=torch.Generator(),  # reseeded each epoch: worker seeds follow (SEED, epoch)
         worker_init_fn=ignore_stop_signals,
+        persistent_workers=workers > 0 and cfg.DATALOADER.PERSISTENT_WORKERS == "yes",
+        prefetch_factor=cfg.DATALOADER.PREFETCH_FACTOR if workers else None,
     )
 
 

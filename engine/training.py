@@ -14,7 +14,6 @@ from pathlib import Path
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import TerminateOnNan
 
 from config import UserError, changed_keys
 from config.choices import YES_NO
@@ -34,6 +33,7 @@ from engine.handlers import (
 from engine.handlers.epoch_clock import EpochClock, epoch_finished, iteration_in_epoch
 from engine.handlers.evaluation import every
 from engine.handlers.graceful_stop import GracefulStop, SignalWatch, StopRequested
+from engine.handlers.loss_averages import NonFiniteLossError  # noqa: F401 (train() raises it, through progress)
 from engine.handlers.within_epoch_resume import ResumeWithinEpoch
 from engine.methods import Run, TrainingMethod, build_method, check_method
 from engine.reporting.run_files import BEST_MODEL_FILE, CHECKPOINT_DIR, evaluated_epochs
@@ -43,7 +43,6 @@ from engine.run.checkpoints import (
     build_checkpointer,
     checkpoint_name,
     find_resume_point,
-    latest_checkpoint,
     load_training_state,
     write_checkpoint,
 )
@@ -60,15 +59,12 @@ from engine.run.resume_config import (
     solver_keys_changed,
 )
 from engine.run.seeding import seed_everything
+from engine.run.speed import maybe_compile, set_cudnn_benchmark, use_channels_last
 from layers import build_loss
 from modeling import build_model
 from solver import build_solver
 
 logger = logging.getLogger("train")
-
-
-class NonFiniteLossError(UserError):
-    """Training stopped because the loss became NaN or infinite."""
 
 
 def log_config_changes(cfg) -> None:
@@ -91,10 +87,12 @@ def build_run(cfg, output_dir) -> Run:
         idist.get_world_size(),
         str(precision.dtype).replace("torch.", "") if precision.enabled else "fp32",
     )
+    set_cudnn_benchmark(cfg, device)
+    channels_last = use_channels_last(cfg, device)
     model = build_model(cfg)
     data = build_data(cfg)
     criterion = build_loss(cfg, data.num_classes, model.feat_dim)
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     criterion.to(device)
     solver = build_solver(cfg, model, criterion)
     return Run(
@@ -102,10 +100,13 @@ def build_run(cfg, output_dir) -> Run:
         model=model,
         # DDP must be told when some trainable parameters get no gradient: outputs no loss term reads (the
         # BNNeck without a classification loss, NAMA's head without a uc loss), or the warm epochs' freezing
-        trained_model=distribute(
-            model,
-            device,
-            cfg.SOLVER.WARM_EPOCHS > 0 or model.has_parameters_without_gradient(criterion.consumed_outputs()),
+        trained_model=maybe_compile(
+            cfg,
+            distribute(
+                model,
+                device,
+                cfg.SOLVER.WARM_EPOCHS > 0 or model.has_parameters_without_gradient(criterion.consumed_outputs()),
+            ),
         ),
         criterion=criterion,
         trained_criterion=distribute(criterion, device),
@@ -116,6 +117,7 @@ def build_run(cfg, output_dir) -> Run:
         data=data,
         output_dir=output_dir,
         reseeders=[loader_reseeder(data.train_loader)],
+        channels_last=channels_last,
     )
 
 
@@ -146,11 +148,14 @@ def attach_run_handlers(trainer: Engine, run: Run, method: TrainingMethod, stop:
                        5 the method's own handlers (they see the epoch's seeds and warm state; they may re-plan the
                          epoch, e.g. re-cluster and give the loader another length)
                        6 EpochClock.plan (the epoch's length: the training loader's length now)
-    ITERATION_COMPLETED  TerminateOnNan, then progress (running averages, timer, bar or log lines),
-                       then TensorBoard's per-iteration loss, then GracefulStop (a signal: stop here with a
-                       checkpoint, unless this is the epoch's last iteration)
+    ITERATION_COMPLETED  progress: the running averages updated on the device (no host synchronisation), and
+                       every SOLVER.LOG_PERIOD iterations read to the host (a non-finite loss since the last
+                       read stops the run: NonFiniteLossError) and logged (timer, bar or log lines); then
+                       TensorBoard's per-iteration loss (every SOLVER.LOG_PERIOD), then GracefulStop (a signal:
+                       stop here with a checkpoint, unless this is the epoch's last iteration)
     EPOCH_COMPLETED    1 the method's own handlers (its epoch statistics, before they are logged)
-                       2 TrainingProgress (epoch line, train_metrics.jsonl)
+                       2 TrainingProgress (the averages read: a non-finite loss stops the run before the
+                         epoch's checkpoint; epoch line, train_metrics.jsonl)
                        3 TensorBoard (averages, statistics, learning rates of the epoch just trained)
                        4 ScheduleStepping (learning rates of the next epoch)
                        5 the checkpoint, before the evaluation: a failed evaluation (an unreadable gallery image,
@@ -189,7 +194,6 @@ def attach_run_handlers(trainer: Engine, run: Run, method: TrainingMethod, stop:
     WarmEpochs(run.model, cfg.SOLVER.WARM_EPOCHS).attach(trainer)
     method.attach(trainer)
     clock.attach_plan(trainer)
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan(output_transform=lambda out: out["loss"]))
     progress.attach(trainer)
     tensorboard.attach(trainer, part_names, run.solver, cfg.SOLVER.LOG_PERIOD, method.stat_names)
     stop.attach(trainer)
@@ -359,21 +363,6 @@ def _train_in_folder(cfg, point: ResumePoint | None, config_file: str | None, fo
     finally:
         watch.uninstall()
         handlers.tensorboard.close()
-    loss = trainer.state.output["loss"] if trainer.state.output else None
-    if loss is not None and not torch.isfinite(loss):
-        if trainer.state.iteration == 1:  # before any step: not the learning rate's doing
-            advice = (
-                "it was not finite before any optimizer step, so look at the config rather than the learning "
-                "rate: the loss's keys (scales, margins), the input normalisation, MODEL.PRETRAIN_PATH, SOLVER.AMP"
-            )
-        else:
-            advice = "lower SOLVER.BASE_LR, lengthen the warm-up, or set SOLVER.AMP none"
-        latest = latest_checkpoint(output_dir)
-        kept = f"the latest checkpoint is {latest}" if latest is not None else "no checkpoint was written yet"
-        raise NonFiniteLossError(
-            f"training stopped: the loss became {loss.item()} at epoch {trainer.state.epoch}, iteration "
-            f"{trainer.state.iteration}; {advice}; {kept}"
-        )
     best = handlers.best
     logger.info(
         "Training finished after epoch %d; best %s %.2f%% at epoch %d; outputs in %s",

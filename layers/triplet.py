@@ -70,11 +70,9 @@ class BatchHardTripletLoss(LossTerm):
         eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
         pos_mask, neg_mask = same & ~eye, ~same
         valid = pos_mask.any(1) & neg_mask.any(1)
-        if not valid.any():
-            return feats.sum() * 0.0
         hardest_pos = dist.masked_fill(~pos_mask, float("-inf")).amax(1)
         hardest_neg = dist.masked_fill(~neg_mask, float("inf")).amin(1)
-        gap = (hardest_pos - hardest_neg)[valid]
-        if self.margin is None:
-            return F.softplus(gap).mean()
-        return F.relu(gap + self.margin).mean()
+        # masks rather than a selection of the valid anchors: no data-dependent shape, no host synchronisation
+        gap = torch.where(valid, hardest_pos - hardest_neg, torch.zeros_like(hardest_pos))
+        per_anchor = F.softplus(gap) if self.margin is None else F.relu(gap + self.margin)
+        return (per_anchor * valid).sum() / valid.sum().clamp(min=1)

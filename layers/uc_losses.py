@@ -107,16 +107,12 @@ class UcTripletLoss(LossTerm):
             u = _offsets(uc, labels.numel(), x)
             pos, neg = pair_masks(labels)
             valid = pos.any(1) & neg.any(1)
-            n_valid = int(valid.sum())
-            if n_valid == 0:
-                self.stats = {"avg_margin": x.new_tensor(self.margin)}
-                return (x.sum() + u.sum()) * 0.0
             self._record_margin(u, pos, neg, valid)
-            if n_valid < labels.numel():
-                # An anchor with an empty side would reduce over nothing (an all -inf logsumexp, whose
-                # backward is 0 * NaN even for a row dropped later): open its rows, then drop it by index.
-                dropped = ~valid[:, None]
-                pos, neg = pos | dropped, neg | dropped
+            # An anchor with an empty side would reduce over nothing (an all -inf logsumexp, whose backward is
+            # 0 * NaN even for a row weighted 0 later): open its rows, then weight it 0. Masks, not a selection:
+            # no data-dependent shape, no host synchronisation.
+            dropped = ~valid[:, None]
+            pos, neg = pos | dropped, neg | dropped
             d = (2.0 - 2.0 * cosine_similarities(x)).clamp_min(1e-12).sqrt()
             if self.form == "pair-n":
                 d = 2.0 * torch.asin((0.5 * d).clamp_max(_ASIN_CLAMP))
@@ -129,9 +125,8 @@ class UcTripletLoss(LossTerm):
                 lse_pos = (s * (d - u[None, :])).masked_fill(~pos, float("-inf")).logsumexp(1)
                 lse_neg = (-s * (d + u[None, :])).masked_fill(~neg, float("-inf")).logsumexp(1)
                 per_anchor = F.softplus(lse_pos + lse_neg + s * (self.margin - 2.0 * u)) / s
-            if n_valid < labels.numel():
-                return per_anchor[valid].mean()
-            return per_anchor.mean()
+            # the mean over the valid anchors; none: a zero connected to the graph (of feats and uc)
+            return (per_anchor * valid).sum() / valid.sum().clamp(min=1)
 
     @torch.no_grad()
     def _record_margin(self, u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, valid: torch.Tensor) -> None:
@@ -140,8 +135,10 @@ class UcTripletLoss(LossTerm):
         # rows without a positive/negative divide 0 by 0 here; they are dropped by `valid` just below
         mean_pos = (pos_f @ u) / pos_f.sum(1)
         mean_neg = (neg_f @ u) / neg_f.sum(1)
-        margin = self.margin - (2.0 * u + mean_pos + mean_neg)
-        self.stats = {"avg_margin": margin[valid].mean()}
+        margin = torch.where(valid, self.margin - (2.0 * u + mean_pos + mean_neg), torch.zeros_like(u))
+        count = valid.sum()
+        average = margin.sum() / count.clamp(min=1)
+        self.stats = {"avg_margin": torch.where(count > 0, average, torch.full_like(average, self.margin))}
 
 
 class UcClsHead(LossTerm):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from config.choices import OPTIMIZERS
-from config.errors import check_choice
+from config.errors import ConfigError, check_choice
 
 if TYPE_CHECKING:
     from layers.composite import CompositeLoss
@@ -72,12 +72,30 @@ def parameter_groups(cfg, model: nn.Module, criterion: CompositeLoss) -> list[di
     return [dict(group, name=name) for name, group in groups.items() if group["params"]]
 
 
+def implementation(cfg, groups: list[dict]) -> dict:
+    """SOLVER.OPTIMIZER_IMPL as the optimizer's keyword: 'auto' = fused when every parameter is on CUDA (one
+    kernel for the whole step, and no host synchronisation under a GradScaler), torch's default otherwise."""
+    impl = cfg.SOLVER.OPTIMIZER_IMPL
+    if impl == "auto":
+        on_cuda = all(p.is_cuda for group in groups for p in group["params"])
+        return {"fused": True} if on_cuda else {}
+    return {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}[impl]
+
+
 def build_optimizer(cfg, model: nn.Module, criterion: CompositeLoss) -> torch.optim.Optimizer:
-    """SOLVER.OPTIMIZER_NAME over the named groups of `parameter_groups` (the run's main optimizer)."""
+    """SOLVER.OPTIMIZER_NAME over the named groups of `parameter_groups` (the run's main optimizer), in the
+    implementation of SOLVER.OPTIMIZER_IMPL."""
     check_choice("SOLVER.OPTIMIZER_NAME", cfg.SOLVER.OPTIMIZER_NAME, OPTIMIZERS)
     groups = parameter_groups(cfg, model, criterion)
-    if cfg.SOLVER.OPTIMIZER_NAME == "SGD":
-        return torch.optim.SGD(groups, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
-    if cfg.SOLVER.OPTIMIZER_NAME == "AdamW":
-        return torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR)
-    return torch.optim.Adam(groups, lr=cfg.SOLVER.BASE_LR)
+    kind = {"SGD": torch.optim.SGD, "AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam}[cfg.SOLVER.OPTIMIZER_NAME]
+    extra = {"momentum": cfg.SOLVER.MOMENTUM} if kind is torch.optim.SGD else {}
+    impl = implementation(cfg, groups)
+    try:
+        return kind(groups, lr=cfg.SOLVER.BASE_LR, **extra, **impl)
+    except (RuntimeError, TypeError) as err:
+        if cfg.SOLVER.OPTIMIZER_IMPL != "auto":
+            raise ConfigError(
+                f"SOLVER.OPTIMIZER_IMPL = {cfg.SOLVER.OPTIMIZER_IMPL!r} is not available for "
+                f"{cfg.SOLVER.OPTIMIZER_NAME} here ({err}); expected 'auto', 'foreach' or 'for_loop'"
+            ) from None
+        return kind(groups, lr=cfg.SOLVER.BASE_LR, **extra)

@@ -116,3 +116,17 @@ def test_every_default_key_has_a_comment():
         if line.startswith("_C.") and "= CN()" not in line:
             previous = source[i - 1].strip()
             assert previous.startswith("#") or source[i - 2].strip().startswith("#"), f"no comment above: {line}"
+
+
+def test_apex_opt_level_maps_onto_torch_amp():
+    # NAMA's YAML files carry apex's SOLVER.OPT_LEVEL: they load, and it picks SOLVER.AMP
+    assert load_config(None, ["SOLVER.OPT_LEVEL", "O0"]).SOLVER.AMP == "none"
+    assert load_config(None, ["SOLVER.OPT_LEVEL", "O1"]).SOLVER.AMP == "fp16"
+    assert load_config(None, ["SOLVER.OPT_LEVEL", "O2", "SOLVER.AMP", "fp16"]).SOLVER.AMP == "fp16"
+    assert load_config(None, []).SOLVER.AMP == "auto"  # not given: SOLVER.AMP alone decides
+    with pytest.raises(ConfigError, match=r"SOLVER.OPT_LEVEL = 'O3' \(apex's pure fp16"):
+        load_config(None, ["SOLVER.OPT_LEVEL", "O3"])
+    with pytest.raises(ConfigError, match="means SOLVER.AMP 'fp16', but SOLVER.AMP = 'bf16'"):
+        load_config(None, ["SOLVER.OPT_LEVEL", "O1", "SOLVER.AMP", "bf16"])
+    with pytest.raises(ConfigError, match="SOLVER.OPT_LEVEL = 'O4'; expected one of 'O0', 'O1', 'O2'"):
+        load_config(None, ["SOLVER.OPT_LEVEL", "O4"])

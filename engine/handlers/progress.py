@@ -10,11 +10,12 @@ from pathlib import Path
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
 from ignite.handlers import Timer
-from ignite.metrics import RunningAverage
 from tqdm import tqdm
 
 from engine.handlers.epoch_clock import iteration_in_epoch
+from engine.handlers.loss_averages import DeviceRunningAverages, non_finite_loss_error
 from engine.reporting.run_files import TRAIN_METRICS_FILE
+from engine.run.checkpoints import latest_checkpoint
 from engine.run.output_dir import append_metrics
 from solver import Solver
 
@@ -77,8 +78,7 @@ class TrainingProgress:
         self.log_period = log_period
         self.output_dir = output_dir
         self.timer = Timer(average=True)
-        self.averages: dict[str, RunningAverage] = {}
-        self._restored: dict | None = None
+        self.averages = DeviceRunningAverages(part_names)
 
     @property
     def average_names(self) -> list[str]:
@@ -126,25 +126,31 @@ class TrainingProgress:
 
     def state_dict(self) -> dict:
         """The running averages (checkpointed as 'progress', so a resumed run continues them)."""
-        return {name: metric.state_dict() for name, metric in self.averages.items()}
+        return self.averages.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self._restored = dict(state)
+        self.averages.load_state_dict(state)
 
-    def _restore_averages(self, engine: Engine) -> None:
-        # ignite resets the averages when a run starts: a resumed run sets them back after that
-        if self._restored:
-            for name, metric in self.averages.items():
-                if name in self._restored:
-                    metric.load_state_dict(self._restored[name])
-        self._restored = None
+    def _update(self, engine: Engine) -> None:
+        self.averages.update(engine.state.output)
+
+    def read(self, engine: Engine) -> None:
+        """The averages into state.metrics['avg_<part>'] (one transfer from the device); a loss that was not
+        finite since the previous read stops the run here, before anything is logged or checkpointed."""
+        averages, non_finite = self.averages.read()
+        for name, value in averages.items():
+            engine.state.metrics[f"avg_{name}"] = value
+        if non_finite is not None:
+            value, before = non_finite
+            raise non_finite_loss_error(
+                value, engine.state.epoch, engine.state.iteration - before, latest_checkpoint(self.output_dir)
+            )
 
     def attach(self, trainer: Engine) -> None:
-        for name in self.part_names:
-            metric = RunningAverage(output_transform=lambda out, n=name: out[n].item(), alpha=0.98)
-            metric.attach(trainer, f"avg_{name}")
-            self.averages[f"avg_{name}"] = metric
-        trainer.add_event_handler(Events.STARTED, self._restore_averages)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._update)
+        # the reads: where the averages are shown (log lines, TensorBoard's per-iteration loss) and the epoch's end
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(every=self.log_period), self.read)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.read)
         self.timer.attach(
             trainer,
             start=Events.EPOCH_STARTED,

@@ -47,6 +47,7 @@ class Run:
     data: DataBundle
     output_dir: Path
     reseeders: list[Reseeder] = field(default_factory=list)
+    channels_last: bool = False  # image batches go to the device in the channels-last format
 
     def replace_train_loader(self, loader) -> None:
         """Train from `loader` instead of the one build_data made (a method that batches otherwise, e.g. by
@@ -55,8 +56,17 @@ class Run:
         self.reseeders[0] = loader_reseeder(loader)
 
     def to_device(self, batch: dict) -> dict:
-        """The batch's tensors on the run's device (non-blocking from pinned memory); other values as they are."""
-        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        """The batch's tensors on the run's device (non-blocking from pinned memory; image batches channels-last
+        when the model is); other values as they are."""
+        moved = {}
+        for key, value in batch.items():
+            if not isinstance(value, torch.Tensor):
+                moved[key] = value
+            elif self.channels_last and value.dim() == 4:
+                moved[key] = value.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+            else:
+                moved[key] = value.to(self.device, non_blocking=True)
+        return moved
 
 
 class TrainingMethod:
