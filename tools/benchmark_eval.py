@@ -3,6 +3,7 @@
 
     python tools/benchmark_eval.py                       # market, msmt17, sop on the CPU
     python tools/benchmark_eval.py --cases market --device cuda --repeats 3
+    python tools/benchmark_eval.py --cases msmt17 --busy 1     # while one other process keeps a core busy
 
 For each case it prints the seconds of the bare distance-matrix product (computed chunk by chunk, the
 floor every exact evaluator pays), the seconds of the full evaluation (`reid_metrics` or
@@ -103,6 +104,13 @@ def _evaluate(case: str, device: str, chunk: int, threads: int, out) -> None:
     out.put((seconds, peak, gpu_peak, summary))
 
 
+def _spin() -> None:
+    """A competing process: keeps one core busy until it is terminated."""
+    value = 1.0
+    while True:
+        value = value * 1.0000001 % 1e6
+
+
 def _in_child(target, *args):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -125,12 +133,26 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=1, help="runs per measurement; the fastest is shown")
+    parser.add_argument("--busy", type=int, default=0, help="competing processes, each keeping one core busy")
     args = parser.parse_args()
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
 
+    spinners = [mp.get_context("spawn").Process(target=_spin, daemon=True) for _ in range(args.busy)]
+    for spinner in spinners:
+        spinner.start()
+    if spinners:
+        print(f"{len(spinners)} competing process(es) keep a core busy each")
+    try:
+        _measure(args, cases)
+    finally:
+        for spinner in spinners:
+            spinner.terminate()
+
+
+def _measure(args, cases: list[str]) -> None:
     header = (
         "| case | Q x G x D | floor s | eval s | eval / floor | peak RAM above features GB | GPU peak GB | result |"
     )

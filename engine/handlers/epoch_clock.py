@@ -74,7 +74,7 @@ class EpochClock:
         self.trainer, self.loader = trainer, loader
         self.length: int | None = None  # the current (or last) epoch's own length; state.epoch_length may be raised
         self._started = False  # whether this run has started an epoch
-        self._loaded: dict | None = None  # the 'clock' entry of the checkpoint resumed from
+        self._loaded: dict | None = None  # the clock's part of the trainer entry resumed from
 
     def begin(self, engine: Engine) -> None:
         """EPOCH_STARTED, before every other handler: where the epoch starts."""
