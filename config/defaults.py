@@ -117,8 +117,8 @@ _C.DATASETS.SPLIT_RATIO = 0.5
 _C.DATALOADER = CN()
 # Worker processes decoding images (0 = in the main process)
 _C.DATALOADER.NUM_WORKERS = 4
-# With workers: keep them between epochs ('yes'/'no'), and the batches each loads ahead
-_C.DATALOADER.PERSISTENT_WORKERS = "yes"
+# With workers: keep them between epochs ('yes'/'no'; ended when training ends), and the batches each loads ahead
+_C.DATALOADER.PERSISTENT_WORKERS = "no"
 _C.DATALOADER.PREFETCH_FACTOR = 2
 # 'softmax_triplet' or 'triplet': P identities x K images per batch (PK sampling); 'softmax': random batches
 _C.DATALOADER.SAMPLER = "softmax_triplet"

@@ -67,6 +67,17 @@ def ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def release_workers(loader: DataLoader | None) -> None:
+    """End the persistent workers of `loader` (DATALOADER.PERSISTENT_WORKERS yes) now. They ignore SIGTERM (see
+    ignore_stop_signals), which is how Python's exit ends the daemonic processes left running: left alive, they
+    would keep the finished process waiting for them. The DataLoader keeps its persistent iterator in a private
+    attribute; a loader without one has nothing to end."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+        loader._iterator = None
+
+
 def build_train_loader(cfg, records: list[Record], protocol: str = "reid") -> DataLoader:
     """The training loader: PK or random batches, seeded by SEED and the epoch (see set_epoch)."""
     check_choice("DATALOADER.SAMPLER", cfg.DATALOADER.SAMPLER, SAMPLERS)

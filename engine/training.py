@@ -18,7 +18,7 @@ from ignite.engine import Engine, Events
 from config import UserError, changed_keys
 from config.choices import YES_NO
 from config.errors import check_choice
-from data.build import build_data
+from data.build import build_data, release_workers
 from engine.evaluation.dataset_evaluation import DatasetEvaluation
 from engine.handlers import (
     BestModel,
@@ -363,6 +363,7 @@ def _train_in_folder(cfg, point: ResumePoint | None, config_file: str | None, fo
     finally:
         watch.uninstall()
         handlers.tensorboard.close()
+        release_workers(run.data.train_loader)
     best = handlers.best
     logger.info(
         "Training finished after epoch %d; best %s %.2f%% at epoch %d; outputs in %s",

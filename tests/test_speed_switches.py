@@ -64,7 +64,17 @@ def test_channels_last_batches_reach_the_device_in_that_format():
 
 @pytest.mark.parametrize(("workers", "persistent"), [(0, False), (2, True)])
 def test_persistent_workers_and_prefetch_reach_the_training_loader(workers, persistent, tmp_path):
-    cfg = load_config(None, ["DATALOADER.NUM_WORKERS", str(workers), "DATALOADER.PREFETCH_FACTOR", "3"])
+    cfg = load_config(
+        None,
+        [
+            "DATALOADER.NUM_WORKERS",
+            str(workers),
+            "DATALOADER.PREFETCH_FACTOR",
+            "3",
+            "DATALOADER.PERSISTENT_WORKERS",
+            "yes",
+        ],
+    )
     dataset = ImageDataset([Record(str(tmp_path / "x.jpg"), 0, 0)], transform=None)
     loader = training_loader(cfg, dataset, SeededBatches(RandomBatchSampler(4, 2, 0)))
     assert loader.persistent_workers is persistent
@@ -88,3 +98,27 @@ def test_a_compile_failure_is_one_line(monkeypatch):
     with pytest.raises(UserError, match=r"torch.compile failed \(backend='inductor' raised:\); set MODEL.COMPILE no"):
         model(torch.randn(1, 3))
     assert [p.shape for p in model.parameters()] == [torch.Size([2, 3]), torch.Size([2])]  # the module's own
+
+
+def test_persistent_workers_are_ended_when_released(make_market_tree, tmp_path):
+    # they ignore SIGTERM, which Python's exit would send them: the run ends them itself (train()'s finally)
+    from data.build import build_train_loader, release_workers
+    from data.datasets.market1501 import load_market_layout
+
+    make_market_tree(tmp_path, train_ids=4, test_ids=2, images_per_id=4, cameras=2, size=(32, 16))
+    cfg = load_config(
+        None,
+        [
+            "DATALOADER.NUM_WORKERS", "2", "DATALOADER.PERSISTENT_WORKERS", "yes", "SOLVER.IMS_PER_BATCH", "4",
+            "DATALOADER.NUM_INSTANCE", "2", "INPUT.SIZE_TRAIN", "[32, 16]",
+        ],
+    )  # fmt: skip
+    splits = load_market_layout(tmp_path / "market1501", "market1501")
+    loader = build_train_loader(cfg, splits.train)
+    for _ in range(2):  # two epochs: the same workers
+        assert sum(batch["image"].shape[0] for batch in loader) == len(loader) * 4
+    workers = list(loader._iterator._workers)
+    assert all(w.is_alive() for w in workers)
+    release_workers(loader)
+    assert not any(w.is_alive() for w in workers) and loader._iterator is None
+    release_workers(loader)  # nothing left: a no-op
