@@ -111,11 +111,12 @@ def training_loader(cfg, dataset: ImageDataset, batch_sampler) -> DataLoader:
     )
 
 
-def build_eval_loader(cfg, records: list[Record], protocol: str = "reid") -> DataLoader:
-    """The records in order; with several processes each takes every world_size-th item."""
+def build_eval_loader(cfg, records: list[Record], protocol: str = "reid", shard: bool = True) -> DataLoader:
+    """The records in order with the test transform; with several processes and `shard`, each takes every
+    world_size-th item (shard=False: this process reads them all, e.g. rank 0 embedding a set alone)."""
     dataset = ImageDataset(records, build_transforms(cfg, is_train=False, protocol=protocol))
     rank, world = idist.get_rank(), idist.get_world_size()
-    if world > 1:
+    if shard and world > 1:
         dataset = Subset(dataset, list(range(rank, len(dataset), world)))
     return DataLoader(
         dataset,

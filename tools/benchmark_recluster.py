@@ -29,10 +29,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import load_config  # noqa: E402
+from data.build import build_eval_loader  # noqa: E402
 from data.records import Record  # noqa: E402
 from engine.evaluation.kmeans import kmeans  # noqa: E402
 from engine.methods.dc.clustering import hungarian_reassignment, kmeans_with_retries, split_in_two  # noqa: E402
-from engine.methods.dc.features import clustering_loader, pooled_features  # noqa: E402
+from engine.methods.dc.features import pooled_features  # noqa: E402
 from engine.run.precision import resolve_precision  # noqa: E402
 from modeling import build_model  # noqa: E402
 
@@ -125,7 +126,7 @@ def main() -> None:
         print(f"wrote {args.images} JPEGs of {width}x{height} in {made:.1f} s", file=sys.stderr)
         model = build_model(cfg).to(device)
         precision = resolve_precision(cfg.SOLVER.AMP, device)
-        loader = clustering_loader(cfg, records, "retrieval")
+        loader = build_eval_loader(cfg, records, "retrieval", shard=False)
         pooled_features(model, [next(iter(loader))], precision, device)  # warm-up
         features, feature_seconds = timed(lambda: pooled_features(model, loader, precision, device))
     classes = np.asarray([r.label for r in records])

@@ -1,5 +1,6 @@
 """What Divide & Conquer clusters: the training set seen as at test time (seed 003: the test transform, the model in
-eval mode), each image's pooled backbone feature (2048-d for ResNet-50, before the embedding layer), L2-normalised."""
+eval mode; its loader is data/build.py::build_eval_loader with shard=False, rank 0 reading every image), each
+image's pooled backbone feature (2048-d for ResNet-50, before the embedding layer), L2-normalised."""
 
 from __future__ import annotations
 
@@ -9,25 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from data.build import ignore_stop_signals
-from data.image_dataset import ImageDataset
-from data.records import Record
-from data.transforms import build_transforms
 from engine.run.precision import Precision
-
-
-def clustering_loader(cfg, records: list[Record], protocol: str) -> DataLoader:
-    """Every training image in order with the test transform, TEST.IMS_PER_BATCH at a time (one process reads
-    them all: rank 0 clusters)."""
-    dataset = ImageDataset(records, build_transforms(cfg, is_train=False, protocol=protocol))
-    return DataLoader(
-        dataset,
-        batch_size=cfg.TEST.IMS_PER_BATCH,
-        shuffle=False,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-        pin_memory=torch.cuda.is_available(),
-        worker_init_fn=ignore_stop_signals,
-    )
 
 
 @torch.no_grad()

@@ -36,7 +36,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from config.errors import ConfigError
-from data.build import training_loader
+from data.build import build_eval_loader, training_loader
 from engine.handlers.epoch_clock import batches_done_in_epoch
 from engine.methods.base import Run, TrainingMethod
 from engine.methods.dc.clustering import (
@@ -47,7 +47,7 @@ from engine.methods.dc.clustering import (
     recluster,
     trainable_images,
 )
-from engine.methods.dc.features import clustering_loader, pooled_features
+from engine.methods.dc.features import pooled_features
 from engine.methods.dc.masks import LearnerMasks
 from engine.methods.dc.sampler import ClusterBatches
 from engine.reporting.run_files import append_record, atomic_write
@@ -136,7 +136,8 @@ class DivideAndConquer(TrainingMethod):
             idist.get_world_size(),
         )
         run.replace_train_loader(training_loader(cfg, run.data.train_loader.dataset, self.sampler))
-        self.feature_loader = clustering_loader(cfg, records, run.data.train_protocol)
+        # rank 0 embeds the whole training set (then clusters it and broadcasts the assignment)
+        self.feature_loader = build_eval_loader(cfg, records, run.data.train_protocol, shard=False)
         first_k = self.keys.NB_CLUSTERS if self.flat else 1
         self.masks = LearnerMasks(
             run.model.feat_dim,
