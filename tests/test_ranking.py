@@ -138,7 +138,7 @@ def test_smallest_k_is_the_head_of_row_order():
 # ---------------------------------------------------------------------------------------------------------
 # One order from the four rankers
 # ---------------------------------------------------------------------------------------------------------
-def _reid_order(rows: torch.Tensor, use_binning: bool) -> list[list[int]]:
+def _reid_order(rows: torch.Tensor, counting: str) -> list[list[int]]:
     """Row orders read from reid_metrics: query (r, j) has row r's distances and gallery item j as its
     only true match, so its first-match rank is the position of j in row r."""
     num_rows, width = rows.shape
@@ -151,7 +151,7 @@ def _reid_order(rows: torch.Tensor, use_binning: bool) -> list[list[int]]:
         np.ones(width, dtype=np.int64),
         chunk_size=7,
         return_per_query=True,
-        use_binning=use_binning,
+        counting=counting,
     )
     pos = out["per_query"]["first_match_rank"].reshape(num_rows, width) - 1
     return np.argsort(pos, axis=1).tolist()
@@ -183,9 +183,9 @@ def test_the_four_rankers_give_one_order():
             lambda a, b: rows[a:b], 4, [-1] * 4, None, [0] * 24, None, top_k=25, reid=False, numpy_sort_on_cpu=flag
         )
         assert [rec.gallery_indices.tolist() for rec in records] == expected
-    # re-ID metrics, both counting paths
-    assert _reid_order(rows, use_binning=True) == expected
-    assert _reid_order(rows, use_binning=False) == expected
+    # re-ID metrics, every counting path
+    for counting in ("compiled", "binned", "search"):
+        assert _reid_order(rows, counting) == expected
     # retrieval metrics: plain top-L, and block minima with the counting pass for the first hit
     for opts in ({}, {"block_size": 2, "topk_cap": 1}):
         for r in range(rows.shape[0]):

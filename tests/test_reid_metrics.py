@@ -20,12 +20,12 @@ def _single_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(params=["binned", "search"])
+@pytest.fixture(params=["compiled", "binned", "search"])
 def rank_path(request):
-    """Run a test through both ranking implementations (histogram-of-bins with
-    exact in-bin comparison, and the batched-searchsorted fallback): keyword
-    arguments for every reid_metrics call of the test."""
-    return {"use_binning": request.param == "binned"}
+    """Run a test through each counting implementation (the compiled CPU kernel,
+    torch's histogram-of-bins with exact in-bin comparison, and the batched
+    searchsorted): keyword arguments for every reid_metrics call of the test."""
+    return {"counting": request.param}
 
 
 # ---------------------------------------------------------------------------
@@ -452,6 +452,55 @@ def test_non_finite_and_constant_distances(rank_path):
         torch.from_numpy(d2), qp[[0, 3]], gp, qc[[0, 3]], gc, return_per_query=True, **rank_path
     )
     np.testing.assert_allclose(out2["per_query"]["ap"], ref2["ap"], atol=1e-12, equal_nan=True)
+
+
+def _with_matches_finite(d: np.ndarray, qp: np.ndarray, gp: np.ndarray) -> np.ndarray:
+    """``d`` with every same-identity distance made finite (the compiled kernel's own case: non-finite values
+    only among the other items; a non-finite true match sends the chunk to the search path)."""
+    same = qp[:, None] == gp[None, :]
+    d = d.copy()
+    d[same & ~np.isfinite(d)] = 0.25
+    return d
+
+
+@pytest.mark.parametrize("counting", ["compiled", "binned", "search"])
+def test_counting_paths_on_hard_rows(counting):
+    # Rows the compiled kernel's buckets must get right: non-finite non-matching items around finite matches,
+    # many exact ties with matches (ranked by gallery index), matches one fp32 step apart (a bucket width
+    # fp32 cannot resolve), all matches at one distance, items below the first and above the last match.
+    rng = np.random.default_rng(11)
+    nq, ng = 16, 400
+    qp, gp = rng.integers(0, 6, nq), rng.integers(0, 6, ng)
+    qc, gc = rng.integers(0, 3, nq), rng.integers(0, 3, ng)
+    d = rng.choice(np.array([-1.0, 0.0, 0.5, 0.75, 2.0], dtype=np.float32), (nq, ng))
+    d[0] = rng.standard_normal(ng).astype(np.float32)
+    d[1][rng.random(ng) < 0.3] = np.inf
+    d[1][rng.random(ng) < 0.1] = -np.inf
+    d[1][rng.random(ng) < 0.1] = np.nan
+    d[1][rng.random(ng) < 0.05] = _neg_nan()
+    tiny = np.float32(1.0)
+    d[2] = np.where(rng.random(ng) < 0.5, tiny, np.nextafter(tiny, np.float32(2)))
+    d[3] = np.float32(1e-40) * rng.integers(0, 3, ng)  # subnormal distances: their span overflows a scale
+    d[4] = 3.0
+    d = _with_matches_finite(d, qp, gp)
+    ref = _ref_metrics(d.astype(np.float64), qp, gp, qc, gc, 50)
+    out = metrics_mod.reid_metrics_from_distances(
+        torch.from_numpy(d), qp, gp, qc, gc, chunk_size=5, return_per_query=True, counting=counting
+    )
+    _check_against_ref(out, ref)
+    np.testing.assert_array_equal(out["per_query"]["first_match_rank"], ref["first"])
+    np.testing.assert_allclose(out["per_query"]["ap"], ref["ap"], atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(out["per_query"]["inp"], ref["inp"], atol=1e-12, equal_nan=True)
+
+
+def test_auto_counting_by_block():
+    from engine.evaluation.reid_metrics import resolve_counting
+
+    assert resolve_counting("auto", torch.zeros(256, 4096)) == "compiled"  # 2**20 distances on the CPU
+    assert resolve_counting("auto", torch.zeros(2, 100)) == "binned"  # the kernel's load would cost more
+    assert resolve_counting("search", torch.zeros(256, 4096)) == "search"
+    with pytest.raises(ValueError, match="unknown counting 'fast'"):
+        resolve_counting("fast", torch.zeros(1, 1))
 
 
 def test_small_max_rank_and_validation():

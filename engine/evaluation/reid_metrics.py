@@ -52,6 +52,12 @@ the matrix product itself).  Per chunk of queries:
    (``ordered_bits(distance) * 2**32 + gallery index``), which is exactly the
    order rule: ascending distance, ties by gallery index, NaN last.
 
+On the CPU, large blocks take :mod:`engine.evaluation.match_count_kernel`
+instead of steps 3-4: a compiled kernel that reads each distance once, in
+parallel over the rows, and compares an item exactly only with the matches of
+its bucket (the torch passes of steps 3-4, several of them single-threaded,
+cost a third to a half of the distance product on a 2-core CPU).
+
 If a distance block holds non-finite values, a fallback computes the same
 counts with a batched ``searchsorted`` of every item's exact key among the
 sorted true-match keys.  The final float arithmetic (AP, INP, CMC) is done in
@@ -78,6 +84,11 @@ from engine.evaluation.ranking import (
     as_id_tensor,
     order_keys,
 )
+
+#: The ways of counting the items ranked before a true match (see reid_metrics' ``counting``).
+COUNTING_PATHS = ("auto", "compiled", "binned", "search")
+# The smallest CPU distance block "auto" counts with the compiled kernel (Market-1501: 256 x 15,913 = 4.1M).
+_COMPILED_MIN_ELEMENTS = 2**20
 
 #: Queries ranked at once by default (bounds memory to DEFAULT_CHUNK_SIZE x gallery size).
 DEFAULT_CHUNK_SIZE = 256
@@ -149,7 +160,7 @@ def _count_before_binned(
     """
     c, g = dist.shape
     dev = dist.device
-    lo, hi = torch.aminmax(dist, dim=1)
+    lo, hi = dist.amin(dim=1), dist.amax(dim=1)  # two passes: torch.aminmax's one is slower on the CPU
     if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
         return None
     nbins = _num_bins(g, c)
@@ -244,16 +255,16 @@ def _chunk_ranks(
     g_pc: torch.Tensor,
     same_index: _SameIdIndex,
     gidx: torch.Tensor,
-    work_f: torch.Tensor,
-    work_i: torch.Tensor,
-    use_binning: bool,
+    work: _WorkBuffers,
+    counting: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ranks of the true matches of every query of a chunk, in its valid list.
 
     Returns numpy ``(num_matches (c,), rows (M,), ranks (M,))``: for each of the
     ``M`` true matches of the chunk, its query row and its 1-based rank in that
-    query's valid ranked list.  ``use_binning=False`` skips the binned
-    counting and always takes the searchsorted path (same numbers).
+    query's valid ranked list.  ``counting`` (resolved, see :func:`reid_metrics`)
+    picks how the items before each match are counted; every path gives the same
+    numbers, and a block with a non-finite value takes the searchsorted path.
     """
     c = dist.shape[0]
     dev = dist.device
@@ -264,18 +275,29 @@ def _chunk_ranks(
     if t_rows.numel() == 0:
         empty = np.zeros(0, dtype=np.int64)
         return num_matches.cpu().numpy(), empty, empty
-    same_keys = order_keys(dist[same_rows, same_cols], same_cols)
+    same_dist = dist[same_rows, same_cols]
+    same_keys = order_keys(same_dist, same_cols)
     t_keys = same_keys[is_true]
+    # the true matches in (row, key) order: order[i] is the i-th of them
+    o1 = torch.argsort(t_keys)
+    order = o1[torch.argsort(t_rows[o1], stable=True)]
 
     before = None
-    if use_binning:
+    if counting == "compiled":
+        # imported here: numba loads only for evaluations that use it
+        from engine.evaluation.match_count_kernel import count_before_matches
+
+        in_order = count_before_matches(dist, qpids, gpids, t_rows[order], same_dist[is_true][order], t_keys[order])
+        if in_order is not None:
+            before = torch.empty_like(in_order)
+            before[order] = in_order
+    elif counting == "binned":
+        work_f, work_i = work.get(dist)
         before = _count_before_binned(dist, qpids, gpids, same_rows, same_cols, t_rows, t_cols, t_keys, work_f, work_i)
     if before is None:
         before = _count_before_search(dist, gidx, same_rows, same_keys, t_rows, t_keys)
 
     # Index j (0-based) of each true match among its row's matches, by key.
-    o1 = torch.argsort(t_keys)
-    order = o1[torch.argsort(t_rows[o1], stable=True)]
     first = torch.cumsum(num_matches, 0) - num_matches
     j = torch.empty_like(order)
     j[order] = torch.arange(order.numel(), device=dev) - first[t_rows[order]]
@@ -289,26 +311,55 @@ def _pair_ids(
     """Dense ids of the (pid, camid) pairs, so that "same pid and same camera"
     is one comparison.  Queries with camid -1 get id -1, which no gallery item
     has, so nothing is ever removed for camera reasons for them."""
-    pairs = torch.stack((torch.cat((qpids, gpids)), torch.cat((qcams, gcams))), dim=1)
-    inverse = torch.unique(pairs, dim=0, return_inverse=True)[1]
+    # dense pid and camera indices combined into one integer: a 1-D unique (torch.unique over the rows of a
+    # (N, 2) tensor costs ~0.4 s on the CPU at MSMT17's size)
+    pid_index = torch.unique(torch.cat((qpids, gpids)), return_inverse=True)[1]
+    cams, cam_index = torch.unique(torch.cat((qcams, gcams)), return_inverse=True)
+    inverse = torch.unique(pid_index * cams.numel() + cam_index, return_inverse=True)[1]
     q_ids, g_ids = inverse[: qpids.numel()].clone(), inverse[qpids.numel() :]
     q_ids[qcams == -1] = -1
     return q_ids, g_ids
 
 
+class _WorkBuffers:
+    """The binned path's fp32 and int32 ``(chunk, G)`` scratch blocks, made when it first needs them."""
+
+    def __init__(self) -> None:
+        self._blocks: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def get(self, dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._blocks is None or self._blocks[0].shape[0] < dist.shape[0]:
+            shape, device = tuple(dist.shape), dist.device
+            self._blocks = (
+                torch.empty(shape, dtype=torch.float32, device=device),
+                torch.empty(shape, dtype=torch.int32, device=device),
+            )
+        return self._blocks
+
+
+def resolve_counting(counting: str, dist: torch.Tensor) -> str:
+    """``counting`` with ``"auto"`` resolved for a distance block: the compiled kernel for CPU blocks of at least
+    _COMPILED_MIN_ELEMENTS distances, the binned torch path otherwise (a GPU runs its passes in parallel; on a
+    small block the kernel's one-off load, about half a second per process, costs more than it saves)."""
+    if counting not in COUNTING_PATHS:
+        raise ValueError(f"unknown counting {counting!r}; expected one of {list(COUNTING_PATHS)}")
+    if counting != "auto":
+        return counting
+    return "compiled" if dist.device.type == "cpu" and dist.numel() >= _COMPILED_MIN_ELEMENTS else "binned"
+
+
 class _RunState:
     """Per-evaluation tensors on the device of the distance blocks (known once the first block exists)."""
 
-    def __init__(self, ids: tuple[torch.Tensor, ...], device: torch.device, chunk_rows: int, num_gallery: int) -> None:
+    def __init__(self, ids: tuple[torch.Tensor, ...], device: torch.device, num_gallery: int) -> None:
         self.qpids, self.gpids, qcams, gcams = (t.to(device) for t in ids)
         self.q_pc, self.g_pc = _pair_ids(self.qpids, self.gpids, qcams, gcams)
         self.same_index = _SameIdIndex(self.gpids)
         self.gidx = torch.arange(num_gallery, dtype=torch.int64, device=device)
-        self.work_f = torch.empty((chunk_rows, num_gallery), dtype=torch.float32, device=device)
-        self.work_i = torch.empty((chunk_rows, num_gallery), dtype=torch.int32, device=device)
+        self.work = _WorkBuffers()
 
     def ranks(
-        self, dist: torch.Tensor, start: int, stop: int, use_binning: bool
+        self, dist: torch.Tensor, start: int, stop: int, counting: str
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:func:`_chunk_ranks` of the block of queries ``start..stop-1``."""
         return _chunk_ranks(
@@ -319,9 +370,8 @@ class _RunState:
             self.g_pc,
             self.same_index,
             self.gidx,
-            self.work_f,
-            self.work_i,
-            use_binning,
+            self.work,
+            resolve_counting(counting, dist),
         )
 
 
@@ -371,7 +421,7 @@ def reid_metrics(
     distance_fn: DistanceFn | None = None,
     return_per_query: bool = False,
     *,
-    use_binning: bool = True,
+    counting: str = "auto",
 ) -> dict[str, Any]:
     """Exact re-ID evaluation: CMC curve, mAP and mINP.
 
@@ -379,9 +429,10 @@ def reid_metrics(
     are computed in fp32 (features are cast to float32 whatever their dtype)
     on the device of the features, ``chunk_size`` queries at a time, by
     :class:`engine.evaluation.ranking.FeatureDistances`; the per-chunk
-    temporaries are about ``13 * chunk_size * G`` bytes (fp32 distances, fp32 +
-    int32 work buffers, one bool mask) plus small sparse arrays (the fallback
-    for non-finite distances needs about 30 bytes per element more), and the
+    temporaries are the fp32 distance block (``4 * chunk_size * G`` bytes) and
+    small sparse arrays, plus ``9 * chunk_size * G`` bytes for the binned path
+    (fp32 + int32 work buffers, one bool mask) and about 30 bytes per element
+    for the searchsorted path (non-finite distances), and the
     gallery is never copied per chunk (it is cast to fp32 once if it is not
     fp32 already).
 
@@ -407,9 +458,15 @@ def reid_metrics(
             to fp32.  For distances that are not a function of the features
             (precomputed, re-ranked), use :func:`reid_metrics_from_distances`.
         return_per_query: also return per-query arrays (see below).
-        use_binning: count ranks with the histogram-of-bins path on finite
-            blocks (fast); ``False`` always takes the exact searchsorted path.
-            Both give the same numbers (the tests run both).
+        counting: how the items ranked before each true match are counted:
+            ``"compiled"`` (:mod:`engine.evaluation.match_count_kernel`, CPU
+            blocks: one parallel pass over each distance), ``"binned"`` (torch
+            histogram-of-bins with exact in-bin comparison, any device),
+            ``"search"`` (torch batched searchsorted of exact keys), or
+            ``"auto"``: compiled for CPU blocks of 2**20 distances or more,
+            binned otherwise.  All give the same numbers (the tests run each);
+            a block whose true matches include a non-finite distance (binned:
+            any non-finite value) takes the search path.
 
     Returns:
         dict with
@@ -437,7 +494,7 @@ def reid_metrics(
         max_rank=max_rank,
         chunk_size=chunk_size,
         return_per_query=return_per_query,
-        use_binning=use_binning,
+        counting=counting,
     )
 
 
@@ -462,7 +519,7 @@ def reid_metrics_from_distances(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     return_per_query: bool = False,
     *,
-    use_binning: bool = True,
+    counting: str = "auto",
 ) -> dict[str, Any]:
     """Exact re-ID evaluation (:func:`reid_metrics`' protocol and dict) of given distances.
 
@@ -476,7 +533,7 @@ def reid_metrics_from_distances(
             (ties by gallery index, NaN last).  ``Q`` and ``G`` are the lengths of
             the pids when a block function is given.
         query_pids, gallery_pids, query_camids, gallery_camids, max_rank,
-        chunk_size, return_per_query, use_binning: as in :func:`reid_metrics`
+        chunk_size, return_per_query, counting: as in :func:`reid_metrics`
             (a block function is asked for ``chunk_size`` queries at a time).
 
     Raises:
@@ -505,8 +562,8 @@ def reid_metrics_from_distances(
             state = None
             for start, stop, dist in blocks.chunks(cs):
                 if state is None:  # a block function's device is known from its first block
-                    state = _RunState((qpids, gpids, qcams, gcams), dist.device, cs, num_g)
-                nm, m_rows, m_ranks = state.ranks(dist, start, stop, use_binning)
+                    state = _RunState((qpids, gpids, qcams, gcams), dist.device, num_g)
+                nm, m_rows, m_ranks = state.ranks(dist, start, stop, counting)
                 del dist
                 if not (nm > 0).any():
                     continue
