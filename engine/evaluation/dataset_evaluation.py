@@ -50,9 +50,11 @@ def build_extractor(
             uc = (uc + mirror_uc) / 2 if uc is not None else None
         return {
             "feats": feats,
-            "labels": batch["label"].to(device),
-            "camids": batch["camid"].to(device),
-            "index": batch["index"].to(device),
+            # non-blocking (from pinned memory): no batch waits on the host; the values are read once, after
+            # the last batch, when the metric gathers them
+            "labels": batch["label"].to(device, non_blocking=True),
+            "camids": batch["camid"].to(device, non_blocking=True),
+            "index": batch["index"].to(device, non_blocking=True),
             # what rank pictures and TEST.NORM_K need: the embedding's norm before any normalisation, and
             # the uncertainty head's offset u (0 without a head)
             "norms": feats.norm(dim=1),
