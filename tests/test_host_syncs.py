@@ -2,7 +2,7 @@
 tensor's value on the host (item, tolist, bool, float, int, numpy) only at the reads of SOLVER.LOG_PERIOD and at
 the end of each epoch. Counted on the CPU around every such call made from the engine's files: two runs with the
 same epochs, evaluations and reads but twice as many iterations per epoch make the same number of reads (the
-BoT losses and NAMA's).
+BoT losses and NAMA's). The evaluation's extraction likewise: the same items in twice as many batches, the same reads.
 (On CUDA the same holds for device synchronisations: torch.cuda.set_sync_debug_mode would report them.)"""
 
 from __future__ import annotations
@@ -11,10 +11,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from config import load_config
+from engine.evaluation.dataset_evaluation import EmbeddingMetric, build_extractor
+from engine.evaluation.protocol import EvalSpec
+from engine.run.precision import Precision
 from engine.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +74,41 @@ def test_twice_the_iterations_make_no_more_host_reads(tiny_opts, market_root, tm
         train(load_config(None, tiny_opts(market_root, out, **{**settings, "SOLVER.IMS_PER_BATCH": batch})))
         seen.append(dict(host_reads))
     assert seen[0] == seen[1], f"reads that grow with the iterations: {set(seen[1].items()) - set(seen[0].items())}"
+
+
+class _TinyEmbedder(torch.nn.Module):
+    """An embedder's output dict from a 1x1 convolution and average pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 1)
+
+    def forward(self, images):
+        feat = self.conv(images).mean(dim=(2, 3))
+        return {"feat": feat, "neck_feat": feat * 2}
+
+
+@pytest.mark.parametrize("flip", ["no", "yes"])
+def test_extraction_reads_do_not_grow_with_batches(host_reads, flip):
+    # The evaluation's extraction reads nothing per batch: its values reach the host once, when the metric
+    # gathers and ranks them. Two extractions of the same items in 4 and in 8 batches make the same reads.
+    gen = torch.Generator().manual_seed(0)
+    items = 24
+    images = torch.randn(items, 3, 8, 4, generator=gen)
+    labels, camids = torch.arange(items) % 6, torch.arange(items) // 12  # query camera 0, gallery camera 1
+    spec = EvalSpec("tiny", "reid", False, [(np.arange(12), np.arange(12, items))], ())
+    model = _TinyEmbedder().eval()
+    seen = []
+    for batch in (6, 3):
+        batches = [
+            {"image": images[s : s + batch], "label": labels[s : s + batch], "camid": camids[s : s + batch],
+             "index": torch.arange(s, min(s + batch, items))}
+            for s in range(0, items, batch)
+        ]  # fmt: skip
+        extractor = build_extractor(model, Precision(False, torch.float32, "cpu"), torch.device("cpu"), "after", flip)
+        EmbeddingMetric(spec).attach(extractor, "eval")
+        host_reads.clear()
+        extractor.run(batches)
+        seen.append(dict(host_reads))
+        assert extractor.state.metrics["eval"]["num_query"] == 12
+    assert seen[0] == seen[1], f"reads that grow with the batches: {set(seen[1].items()) - set(seen[0].items())}"
