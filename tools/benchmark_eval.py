@@ -8,7 +8,16 @@
 For each case it prints the seconds of the bare distance-matrix product (computed chunk by chunk, the
 floor every exact evaluator pays), the seconds of the full evaluation (`reid_metrics` or
 `retrieval_metrics`), their ratio, and the peak resident memory of the evaluation above the memory the
-features themselves take. Each measurement runs in a fresh process so peaks do not mix.
+features themselves take. Each measurement runs in a fresh process so peaks do not mix. The re-ID ranking's
+compiled CPU kernel is loaded before the timer starts (its load, shown in its own column, happens while a run
+extracts the features).
+
+A second table gives the feature extraction's images/s for the models the recipes evaluate with: a bare loop
+(the model's forward pass in eval mode on batches already on the device, under the run's precision) and the
+engine's extractor (the ignite evaluator with its metric's per-batch updates and the final gather, on the same
+batches), with their ratio and the extractor's host reads of tensor values in the whole run (the metric's
+reads when it ranks, whatever the number of batches). On the CPU the models run
+at preset sizes (ResNet-18 at 128x64, BN-Inception at 112x112) unless --full-size is given.
 """
 
 from __future__ import annotations
@@ -76,12 +85,19 @@ def _floor(case: str, device: str, chunk: int, threads: int, out) -> None:
 def _evaluate(case: str, device: str, chunk: int, threads: int, out) -> None:
     import torch
 
-    from engine.evaluation.reid_metrics import reid_metrics
+    from engine.evaluation.match_count_kernel import load_kernel
+    from engine.evaluation.reid_metrics import reid_metrics, uses_compiled_kernel
     from engine.evaluation.retrieval_metrics import retrieval_metrics
 
     torch.set_num_threads(threads)
     qf, gf, ql, gl, qc, gc = _make(case, device)
     _sync(device)
+    load_seconds = 0.0
+    if CASES[case][5] == "reid" and uses_compiled_kernel(qf.shape[0], gf.shape[0], qf.device, chunk):
+        # a run loads the ranking kernel while it extracts the features (engine/evaluation/dataset_evaluation.py)
+        start = time.perf_counter()
+        load_kernel()
+        load_seconds = time.perf_counter() - start
     base = _vm_kib("VmRSS")
     try:  # reset the high-water mark so that making the features does not count
         Path("/proc/self/clear_refs").write_text("5")
@@ -101,7 +117,113 @@ def _evaluate(case: str, device: str, chunk: int, threads: int, out) -> None:
     seconds = time.perf_counter() - start
     peak = max(_vm_kib("VmHWM") - base, 0) / 1024**2  # GiB
     gpu_peak = (torch.cuda.max_memory_allocated() - gpu_base) / 1024**3 if device.startswith("cuda") else 0.0
-    out.put((seconds, peak, gpu_peak, summary))
+    out.put((seconds, peak, gpu_peak, summary, load_seconds))
+
+
+# name -> (KEY VALUE pairs as the recipes evaluate, the CPU preset's overrides)
+EXTRACTION_CASES = {
+    "re-ID ResNet-50 256x128 b256": (
+        {"MODEL.NAME": "resnet50", "INPUT.SIZE_TEST": "[256, 128]", "TEST.IMS_PER_BATCH": "256",
+         "MODEL.NECK": "bnneck", "MODEL.LAST_STRIDE": "1"},
+        {"MODEL.NAME": "resnet18", "INPUT.SIZE_TEST": "[128, 64]", "TEST.IMS_PER_BATCH": "64"},
+    ),
+    "retrieval BN-Inception 224 b180": (
+        {"MODEL.NAME": "bn_inception", "INPUT.SIZE_TEST": "[224, 224]", "TEST.IMS_PER_BATCH": "180",
+         "MODEL.NECK": "no", "MODEL.EMBEDDING_DIM": "512", "MODEL.POOLING": "avg+max"},
+        {"INPUT.SIZE_TEST": "[112, 112]", "TEST.IMS_PER_BATCH": "60"},
+    ),
+}  # fmt: skip
+
+
+def _extract(name: str, device: str, batches: int, threads: int, full_size: bool, out) -> None:
+    """Images/s of a bare forward loop and of the engine's extractor on the same in-memory batches, and the
+    extractor's host reads in the whole run (counted around the tensor reads made by the engine's own files)."""
+    import numpy as np
+    import torch
+
+    from config import load_config
+    from engine.evaluation.dataset_evaluation import build_evaluator
+    from engine.evaluation.protocol import EvalSpec
+    from engine.run.precision import resolve_precision
+    from engine.run.speed import use_channels_last
+    from modeling import build_model
+
+    torch.set_num_threads(threads)
+    keys, preset = EXTRACTION_CASES[name]
+    if device == "cpu" and not full_size:
+        keys = {**keys, **preset}
+    cfg = load_config(
+        None, [x for kv in {"MODEL.DEVICE": device, "MODEL.PRETRAIN_CHOICE": "none", **keys}.items() for x in kv]
+    )
+    dev = torch.device(device)
+    model = build_model(cfg, load_pretrained=False).to(dev).eval()
+    memory_format = torch.channels_last if use_channels_last(cfg, dev) else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    precision = resolve_precision(cfg.SOLVER.AMP, dev)
+    size, per_batch = list(cfg.INPUT.SIZE_TEST), cfg.TEST.IMS_PER_BATCH
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(per_batch, 3, *size, generator=gen).to(dev, memory_format=memory_format)
+    items = batches * per_batch
+    data = [
+        {"image": images, "label": torch.arange(per_batch) % 8, "camid": torch.full((per_batch,), b % 2),
+         "index": torch.arange(b * per_batch, (b + 1) * per_batch)}
+        for b in range(batches)
+    ]  # fmt: skip
+    half = batches // 2 * per_batch  # first half queries (camera 0 and 1 alternate by batch), second half gallery
+    spec = EvalSpec("bench", "reid", False, [(np.arange(half), np.arange(half, items))], ())
+
+    @torch.no_grad()
+    def bare() -> None:
+        for batch in data:
+            with precision.autocast():
+                model(batch["image"])
+
+    evaluator, _ = build_evaluator(cfg, model, precision, dev, spec)
+    bare()  # warm-up (cuDNN, allocator)
+    evaluator.run(data)
+    _sync(device)
+    start = time.perf_counter()
+    bare()
+    _sync(device)
+    bare_seconds = time.perf_counter() - start
+    reads = _HostReads()
+    with reads:
+        start = time.perf_counter()
+        evaluator.run(data)
+        _sync(device)
+        engine_seconds = time.perf_counter() - start
+    out.put((items / bare_seconds, items / engine_seconds, reads.count, f"{cfg.MODEL.NAME} {size}"))
+
+
+class _HostReads:
+    """Counts the host reads of tensor values (item, tolist, bool, float, int, numpy) made by the engine's files."""
+
+    NAMES = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy")
+
+    def __init__(self):
+        root = Path(__file__).resolve().parents[1]
+        self.parts = tuple(str(root / part) for part in ("engine", "layers", "data", "modeling"))
+        self.count, self._originals = 0, {}
+
+    def __enter__(self):
+        import torch
+
+        for name in self.NAMES:
+            original = self._originals[name] = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _original=original, **kwargs):
+                if sys._getframe(1).f_code.co_filename.startswith(self.parts):
+                    self.count += 1
+                return _original(tensor, *args, **kwargs)
+
+            setattr(torch.Tensor, name, counted)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        for name, original in self._originals.items():
+            setattr(torch.Tensor, name, original)
 
 
 def _spin() -> None:
@@ -134,6 +256,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=1, help="runs per measurement; the fastest is shown")
     parser.add_argument("--busy", type=int, default=0, help="competing processes, each keeping one core busy")
+    parser.add_argument("--extract-batches", type=int, default=4, help="batches per extraction run; 0: no table")
+    parser.add_argument("--full-size", action="store_true", help="the recipes' models and sizes on the CPU too")
     args = parser.parse_args()
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
@@ -147,29 +271,46 @@ def main() -> None:
         print(f"{len(spinners)} competing process(es) keep a core busy each")
     try:
         _measure(args, cases)
+        if args.extract_batches > 0:
+            _measure_extraction(args)
     finally:
         for spinner in spinners:
             spinner.terminate()
 
 
 def _measure(args, cases: list[str]) -> None:
-    header = (
-        "| case | Q x G x D | floor s | eval s | eval / floor | peak RAM above features GB | GPU peak GB | result |"
+    print(
+        "| case | Q x G x D | floor s | eval s | eval / floor | peak RAM above features GB | GPU peak GB | "
+        "kernel load s | result |"
     )
-    print(header)
-    print("|" + "---|" * 8)
+    print("|" + "---|" * 9)
     for case in cases:
         q, g, d = CASES[case][:3]
         chunk = args.chunk or (256 if CASES[case][5] == "reid" else 1024)
         floor = min(_in_child(_floor, case, args.device, chunk, args.threads) for _ in range(args.repeats))
         runs = [_in_child(_evaluate, case, args.device, chunk, args.threads) for _ in range(args.repeats)]
-        seconds, peak, gpu_peak, summary = min(runs)
+        seconds, peak, gpu_peak, summary, load_seconds = min(runs)
         size = f"{q} x {g if g else q} x {d}" + ("" if g else " (q = g)")
         print(
             f"| {case} | {size} | {floor:.2f} | {seconds:.2f} | {seconds / floor:.2f} | {peak:.2f} | "
-            f"{gpu_peak:.2f} | {summary} |",
+            f"{gpu_peak:.2f} | {load_seconds:.2f} | {summary} |",
             flush=True,
         )
+
+
+def _measure_extraction(args) -> None:
+    print()
+    print(
+        "| extraction | model, input | bare images/s | extractor images/s | extractor / bare | extractor host reads |"
+    )
+    print("|" + "---|" * 6)
+    for name in EXTRACTION_CASES:
+        runs = [
+            _in_child(_extract, name, args.device, args.extract_batches, args.threads, args.full_size)
+            for _ in range(args.repeats)
+        ]
+        bare, engine, reads, model = max(runs, key=lambda run: run[1])
+        print(f"| {name} | {model} | {bare:.1f} | {engine:.1f} | {engine / bare:.2f} | {reads} |", flush=True)
 
 
 if __name__ == "__main__":

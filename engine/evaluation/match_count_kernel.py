@@ -23,6 +23,8 @@ whose position among the matches is at most ``j``.
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 import torch
@@ -132,3 +134,27 @@ def count_before_matches(
         before,
     )
     return torch.from_numpy(before)
+
+
+def load_kernel() -> None:
+    """Compile the kernel, or load it from numba's on-disk cache (about half a second per process, several
+    seconds the first time), by running it on a tiny problem of the real dtypes and layout."""
+    dist = np.zeros((1, 2), dtype=np.float32)
+    one = np.zeros(1, dtype=np.int64)
+    _count_before(
+        dist, dist.view(np.int32), one, np.ones(2, dtype=np.int64), np.array([0, 1]), dist[0, :1], one, one.copy()
+    )
+
+
+_preload_lock = threading.Lock()
+_preloading: threading.Thread | None = None
+
+
+def preload_kernel() -> None:
+    """load_kernel in a background thread, once per process: started when an evaluation begins extracting
+    features (which takes longer), so that its ranking does not wait for the load."""
+    global _preloading
+    with _preload_lock:
+        if _preloading is None:
+            _preloading = threading.Thread(target=load_kernel, name="match-count-kernel-load", daemon=True)
+            _preloading.start()

@@ -348,6 +348,13 @@ def resolve_counting(counting: str, dist: torch.Tensor) -> str:
     return "compiled" if dist.device.type == "cpu" and dist.numel() >= _COMPILED_MIN_ELEMENTS else "binned"
 
 
+def uses_compiled_kernel(num_query: int, num_gallery: int, device: torch.device, chunk_size: int = 0) -> bool:
+    """Whether reid_metrics with counting "auto" ranks these sizes on `device` with the compiled kernel (an
+    evaluation can then load it while it extracts the features: match_count_kernel.preload_kernel)."""
+    rows = min(chunk_size or DEFAULT_CHUNK_SIZE, num_query)
+    return device.type == "cpu" and rows * num_gallery >= _COMPILED_MIN_ELEMENTS
+
+
 class _RunState:
     """Per-evaluation tensors on the device of the distance blocks (known once the first block exists)."""
 
