@@ -4,10 +4,11 @@ round leaves out."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
-from engine.evaluation.kmeans import kmeans
 from engine.methods.dc.clustering import (
     cluster_summary,
     clusters_at_epoch,
@@ -61,14 +62,14 @@ def test_hungarian_reassignment_minimises_the_total_l1_distance():
 
 
 def test_kmeans_retries_until_every_cluster_has_two_classes_with_two_images():
-    features, classes, _ = blobs(3, 8)
+    features, classes, blob = blobs(3, 8)
     calls = []
 
     def flaky(x, k, niter, seed):
         calls.append(seed)
         if len(calls) < 3:  # a cluster of one class: not well formed
             return np.where(classes == 0, 0, 1 + (np.arange(len(x)) % (k - 1))).astype(np.int64), "test"
-        return kmeans(x, k, niter, seed)
+        return blob, "test"  # the blobs: 2 classes of 4 images each per cluster
 
     found = kmeans_with_retries(features, classes, 3, seed=10, kmeans_fn=flaky)
     assert calls == [10, 11, 12] and found.tries == 3 and found.well_formed
@@ -83,12 +84,23 @@ def test_kmeans_retries_until_every_cluster_has_two_classes_with_two_images():
     assert never.tries == 4 and not never.well_formed
 
 
-def test_kmeans_finds_separated_blobs_with_either_backend():
+@pytest.mark.parametrize("backend", ["sklearn", "faiss"])
+def test_kmeans_finds_separated_blobs_with_either_backend(monkeypatch, backend):
     features, classes, blob = blobs(4, 10)
+    if backend == "sklearn":
+        monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss then fails: the scikit-learn fallback
+    else:
+        pytest.importorskip("faiss", reason="faiss-cpu is in the test extra")
     found = kmeans_with_retries(features, classes, 4, seed=0)
-    assert found.well_formed
-    # the same partition as the blobs, whatever the names
-    assert len({(a, b) for a, b in zip(found.assignment.tolist(), blob.tolist())}) == 4
+    assert found.well_formed and found.backend == backend
+
+    def is_the_blobs(assignment):  # the same partition as the blobs, whatever the names
+        return len({(a, b) for a, b in zip(assignment.tolist(), blob.tolist())}) == 4
+
+    if backend == "sklearn":  # k-means++ seeding: one centre per blob
+        assert is_the_blobs(found.assignment)
+    else:  # faiss seeds with random rows (two may share a blob): some seed of the first ten finds the blobs
+        assert any(is_the_blobs(kmeans_with_retries(features, classes, 4, seed=s).assignment) for s in range(10))
 
 
 def test_a_doubling_splits_every_cluster_into_children_2c_and_2c_plus_1():
