@@ -90,6 +90,9 @@ _C.INPUT.TRANSFORM = "auto"
 _C.INPUT.CROP_SCALE = [0.08, 1.0]
 # Retrieval pipeline: shorter side at test time before the centre crop to SIZE_TEST (256 for a 224 crop)
 _C.INPUT.RESIZE_TEST = 256
+# Where the augmentation and normalisation run: 'cpu' (loader workers, float tensors) or 'device' (workers send
+# uint8 images of one size and each sample's random parameters; the run's device augments whole batches)
+_C.INPUT.AUGMENT_ON = "cpu"
 
 # ---------------------------------------------------------------------------------------------------------
 # DATASETS
@@ -120,6 +123,9 @@ _C.DATALOADER.NUM_WORKERS = 4
 # With workers: keep them between epochs ('yes'/'no'; ended when training ends), and the batches each loads ahead
 _C.DATALOADER.PERSISTENT_WORKERS = "no"
 _C.DATALOADER.PREFETCH_FACTOR = 2
+# 'ram': every image the loaders read is decoded once, before the first epoch/evaluation, into one shared uint8
+# tensor (memory: the decoded set's size); 'none': decoded from disk every time it is read
+_C.DATALOADER.CACHE = "none"
 # 'softmax_triplet' or 'triplet': P identities x K images per batch (PK sampling); 'softmax': random batches
 _C.DATALOADER.SAMPLER = "softmax_triplet"
 # K, images per identity in a PK batch (identities with fewer images are sampled with replacement)

@@ -13,10 +13,11 @@ from torch.utils.data import DataLoader, Subset
 from config.errors import ConfigError, check_choice
 from data.bad_images import check_dataset_images
 from data.datasets import DATASET_LOADERS, load_named_dataset
+from data.device_augment import build_loader_transform, loader_collate, preparation_of
+from data.image_cache import ImageCache, build_image_cache
 from data.image_dataset import ImageDataset
 from data.records import DatasetSplits, Record
 from data.samplers import PKBatchSampler, RandomBatchSampler, SeededBatches
-from data.transforms import build_transforms
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +88,21 @@ def build_train_loader(cfg, records: list[Record], protocol: str = "reid") -> Da
         sampler = RandomBatchSampler(len(labels), cfg.SOLVER.IMS_PER_BATCH, cfg.SEED, rank, world)
     else:
         sampler = PKBatchSampler(labels, cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE, cfg.SEED, rank, world)
-    dataset = ImageDataset(records, build_transforms(cfg, is_train=True, protocol=protocol))
+    dataset = build_image_dataset(cfg, records, is_train=True, protocol=protocol, label="training set")
     return training_loader(cfg, dataset, SeededBatches(sampler))  # each sample's augmentation seeded by position
+
+
+def build_image_dataset(
+    cfg, records: list[Record], is_train: bool, protocol: str, label: str, cache: ImageCache | None = None, rows=None
+) -> ImageDataset:
+    """`records` with the loader's share of the train or test pipeline (INPUT.AUGMENT_ON), read from `cache` when it
+    holds the images that share reads, else from the cache of DATALOADER.CACHE ram built here (of `rows` only, when
+    given: a process's share of an evaluation set), else from the files."""
+    transform = build_loader_transform(cfg, is_train, protocol)
+    preparation = preparation_of(transform)
+    if cache is None or not cache.serves(preparation.name):
+        cache = build_image_cache(cfg, records, preparation, label, rows)
+    return ImageDataset(records, transform, cache)
 
 
 def training_loader(cfg, dataset: ImageDataset, batch_sampler) -> DataLoader:
@@ -104,6 +118,7 @@ def training_loader(cfg, dataset: ImageDataset, batch_sampler) -> DataLoader:
         batch_sampler=batch_sampler,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
+        collate_fn=loader_collate(dataset.transform),
         generator=torch.Generator(),  # reseeded each epoch: worker seeds follow (SEED, epoch)
         worker_init_fn=ignore_stop_signals,
         persistent_workers=workers > 0 and cfg.DATALOADER.PERSISTENT_WORKERS == "yes",
@@ -111,18 +126,29 @@ def training_loader(cfg, dataset: ImageDataset, batch_sampler) -> DataLoader:
     )
 
 
-def build_eval_loader(cfg, records: list[Record], protocol: str = "reid", shard: bool = True) -> DataLoader:
+def build_eval_loader(
+    cfg,
+    records: list[Record],
+    protocol: str = "reid",
+    shard: bool = True,
+    name: str = "evaluation set",
+    cache: ImageCache | None = None,
+) -> DataLoader:
     """The records in order with the test transform; with several processes and `shard`, each takes every
-    world_size-th item (shard=False: this process reads them all, e.g. rank 0 embedding a set alone)."""
-    dataset = ImageDataset(records, build_transforms(cfg, is_train=False, protocol=protocol))
+    world_size-th item (shard=False: this process reads them all, e.g. rank 0 embedding a set alone). `cache`: images
+    already cached (see build_image_dataset); `name` names the set in the cache's log line."""
     rank, world = idist.get_rank(), idist.get_world_size()
-    if shard and world > 1:
-        dataset = Subset(dataset, list(range(rank, len(dataset), world)))
+    mine = list(range(rank, len(records), world)) if shard and world > 1 else None
+    dataset = build_image_dataset(cfg, records, is_train=False, protocol=protocol, label=name, cache=cache, rows=mine)
+    collate = loader_collate(dataset.transform)
+    if mine is not None:
+        dataset = Subset(dataset, mine)
     return DataLoader(
         dataset,
         batch_size=cfg.TEST.IMS_PER_BATCH,
         shuffle=False,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
+        collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=ignore_stop_signals,
     )
@@ -168,7 +194,10 @@ def build_data(cfg, with_train: bool = True) -> DataBundle:
     # not at the epoch or evaluation that first reads it
     loaded = check_dataset_images(cfg, loaded, train_names if with_train else [], evaluated)
     eval_sets = [
-        EvalSet(loaded[name], build_eval_loader(cfg, loaded[name].eval_records(), loaded[name].protocol))
+        EvalSet(
+            loaded[name],
+            build_eval_loader(cfg, loaded[name].eval_records(), loaded[name].protocol, name=f"{name} query + gallery"),
+        )
         for name in evaluated
     ]
     if not with_train:

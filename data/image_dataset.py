@@ -1,17 +1,23 @@
-"""A torch Dataset over records: decodes the image, applies the transform, returns label and camera."""
+"""A torch Dataset over records: decodes the image (or reads it from the image cache), applies the transform,
+returns label and camera."""
 
 from __future__ import annotations
 
 import re
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from config.errors import UserError
 from data.records import Record
+
+if TYPE_CHECKING:
+    from data.image_cache import ImageCache
 
 
 class UnreadableImageError(UserError):
@@ -73,14 +79,33 @@ def read_image(path: str) -> Image.Image:
 
 
 class ImageDataset(Dataset):
-    """Items are dicts: image tensor, label, camid and the record's index (to restore order after sharding)."""
+    """Items are dicts: image tensor, label, camid and the record's index (to restore order after sharding).
 
-    def __init__(self, records: list[Record], transform: Callable):
+    `transform` takes the decoded image: the CPU pipeline (a PIL image -> float tensor), or, with
+    INPUT.AUGMENT_ON device, the loader's part of the device pipeline (data/device_augment.py::LoaderPart), which
+    returns a dict (uint8 'image', and 'aug' when training) merged into the item. `cache` (DATALOADER.CACHE ram,
+    data/image_cache.py) replaces the files: its images are handed over as arrays when they are what the transform
+    reads (its `prepared_by`), else as PIL images, identical to the decoded files.
+    """
+
+    def __init__(self, records: list[Record], transform: Callable, cache: ImageCache | None = None):
         self.records = records
         self.transform = transform
+        self.cache = cache
+        prepared_by = getattr(transform, "prepared_by", None)
+        if cache is not None and not cache.serves(prepared_by or ""):
+            raise ValueError(f"an image cache of images after {cache.preparation!r} cannot serve {transform!r}")
+        self._arrays = cache is not None and cache.preparation == prepared_by
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def image(self, index: int) -> Image.Image | np.ndarray:
+        """The image of record `index`: decoded from its file, or read from the cache (see the class)."""
+        if self.cache is None:
+            return read_image(self.records[index].path)
+        pixels = self.cache.image(index)
+        return pixels if self._arrays else Image.fromarray(pixels)
 
     def __getitem__(self, item: int | tuple[int, int] | tuple[int, int, int]) -> dict:
         """`item`: an index, or (index, seed) from the training loader's SeededBatches: torch's CPU generator is
@@ -89,7 +114,7 @@ class ImageDataset(Dataset):
         A third entry (Divide & Conquer's batches) is the sample's cluster, returned under 'cluster'."""
         index, seed, *cluster = item if isinstance(item, tuple) else (item, None)
         record = self.records[index]
-        image = read_image(record.path)
+        image = self.image(index)
         if seed is None:
             return self._item(self.transform(image), record, index)
         # the CPU generator directly: torch.random.fork_rng costs ~0.2 ms a sample, this a few microseconds
@@ -107,4 +132,5 @@ class ImageDataset(Dataset):
 
     @staticmethod
     def _item(image, record: Record, index: int) -> dict:
-        return {"image": image, "label": record.label, "camid": record.camid, "index": index}
+        pixels = image if isinstance(image, dict) else {"image": image}
+        return {**pixels, "label": record.label, "camid": record.camid, "index": index}

@@ -59,46 +59,55 @@ def pipeline_for(cfg, protocol: str) -> str:
     return protocol if cfg.INPUT.TRANSFORM == "auto" else cfg.INPUT.TRANSFORM
 
 
+# Zhong et al., "Random Erasing Data Augmentation" (AAAI 2020): the erased box covers 2-40 % of the image, its
+# aspect ratio (height / width) is drawn log-uniformly in 0.3-3.3
+ERASE_SCALE = (0.02, 0.4)
+ERASE_RATIO = (0.3, 3.3)
+
+
+def first_steps(cfg, is_train: bool, pipeline: str) -> list:
+    """The deterministic steps a pipeline starts with (its random ones come after): re-ID resizes to SIZE_TRAIN or
+    SIZE_TEST, retrieval testing resizes the shorter side to RESIZE_TEST and centre-crops SIZE_TEST, retrieval
+    training has none (its random resized crop reads the original image). With INPUT.AUGMENT_ON device they run in
+    the loader (or before the image cache stores an image), data/device_augment.py::Preparation."""
+    if pipeline == "retrieval":
+        if is_train:
+            return []
+        if cfg.INPUT.RESIZE_TEST < min(cfg.INPUT.SIZE_TEST):
+            raise ConfigError(
+                f"INPUT.RESIZE_TEST = {cfg.INPUT.RESIZE_TEST} is smaller than the centre crop "
+                f"INPUT.SIZE_TEST = {list(cfg.INPUT.SIZE_TEST)}"
+            )
+        return [T.Resize(cfg.INPUT.RESIZE_TEST), T.CenterCrop(list(cfg.INPUT.SIZE_TEST))]
+    return [T.Resize(list(cfg.INPUT.SIZE_TRAIN if is_train else cfg.INPUT.SIZE_TEST))]
+
+
+def crop_scale(cfg) -> tuple[float, float]:
+    """INPUT.CROP_SCALE, the area range of the retrieval pipeline's random resized crop, checked."""
+    scale = tuple(cfg.INPUT.CROP_SCALE)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ConfigError(f"INPUT.CROP_SCALE = {list(scale)}; expected [min, max] with 0 < min <= max <= 1")
+    return scale
+
+
 def build_transforms(cfg, is_train: bool, protocol: str = "reid") -> T.Compose:
     """The train or test pipeline from INPUT.*: PIL image -> normalised float tensor (3, H, W), normalised as
     MODEL.NAME's weights expect (see build_normalize)."""
     normalize = build_normalize(cfg)
     pipeline = pipeline_for(cfg, protocol)
+    steps = first_steps(cfg, is_train, pipeline)
     if pipeline == "retrieval":
-        return _retrieval_transforms(cfg, is_train, normalize)
+        if is_train:  # Proxy Anchor / Divide-and-Conquer: random resized crop + flip
+            steps += [T.RandomResizedCrop(list(cfg.INPUT.SIZE_TRAIN), scale=crop_scale(cfg))]
+            steps += [T.RandomHorizontalFlip(p=cfg.INPUT.PROB)]
+        return T.Compose(steps + [T.ToTensor(), normalize])
     if not is_train:
-        return T.Compose([T.Resize(list(cfg.INPUT.SIZE_TEST)), T.ToTensor(), normalize])
-    size = list(cfg.INPUT.SIZE_TRAIN)
-    steps = [T.Resize(size), T.RandomHorizontalFlip(p=cfg.INPUT.PROB)]
+        return T.Compose(steps + [T.ToTensor(), normalize])
+    steps.append(T.RandomHorizontalFlip(p=cfg.INPUT.PROB))
     if cfg.INPUT.PADDING > 0:
-        steps += [T.Pad(cfg.INPUT.PADDING), T.RandomCrop(size)]
+        steps += [T.Pad(cfg.INPUT.PADDING), T.RandomCrop(list(cfg.INPUT.SIZE_TRAIN))]
     steps += [T.ToTensor(), normalize]
     if cfg.INPUT.RE_PROB > 0:
-        # Zhong et al. "Random Erasing Data Augmentation" (AAAI 2020): area 2-40 %, aspect 0.3-3.3;
-        # value 0 on a normalised tensor is the dataset mean, as reid-strong-baseline fills it.
-        steps.append(T.RandomErasing(p=cfg.INPUT.RE_PROB, scale=(0.02, 0.4), ratio=(0.3, 3.3), value=0))
+        # value 0 on a normalised tensor is the dataset mean, as reid-strong-baseline fills it
+        steps.append(T.RandomErasing(p=cfg.INPUT.RE_PROB, scale=ERASE_SCALE, ratio=ERASE_RATIO, value=0))
     return T.Compose(steps)
-
-
-def _retrieval_transforms(cfg, is_train: bool, normalize: torch.nn.Module) -> T.Compose:
-    """Proxy Anchor / Divide-and-Conquer: random resized crop + flip; test: resize + centre crop."""
-    if is_train:
-        scale = tuple(cfg.INPUT.CROP_SCALE)
-        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-            raise ConfigError(f"INPUT.CROP_SCALE = {list(scale)}; expected [min, max] with 0 < min <= max <= 1")
-        return T.Compose(
-            [
-                T.RandomResizedCrop(list(cfg.INPUT.SIZE_TRAIN), scale=scale),
-                T.RandomHorizontalFlip(p=cfg.INPUT.PROB),
-                T.ToTensor(),
-                normalize,
-            ]
-        )
-    if cfg.INPUT.RESIZE_TEST < min(cfg.INPUT.SIZE_TEST):
-        raise ConfigError(
-            f"INPUT.RESIZE_TEST = {cfg.INPUT.RESIZE_TEST} is smaller than the centre crop "
-            f"INPUT.SIZE_TEST = {list(cfg.INPUT.SIZE_TEST)}"
-        )
-    return T.Compose(
-        [T.Resize(cfg.INPUT.RESIZE_TEST), T.CenterCrop(list(cfg.INPUT.SIZE_TEST)), T.ToTensor(), normalize]
-    )

@@ -19,6 +19,7 @@ from config import UserError, changed_keys
 from config.choices import YES_NO
 from config.errors import check_choice
 from data.build import build_data, release_workers
+from data.device_augment import build_train_augment
 from engine.evaluation.dataset_evaluation import DatasetEvaluation
 from engine.handlers import (
     BestModel,
@@ -118,6 +119,7 @@ def build_run(cfg, output_dir) -> Run:
         output_dir=output_dir,
         reseeders=[loader_reseeder(data.train_loader)],
         channels_last=channels_last,
+        augment=build_train_augment(cfg, data.train_protocol, channels_last),
     )
 
 

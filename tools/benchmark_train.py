@@ -8,6 +8,9 @@ For each case (a model, input size, batch and loss, as a recipe trains it), meas
   (c) full:    the same run reading the images from disk through the real training loader (the embedded demo
                dataset, generated on first use, resized to the case's input; as many batches per epoch as (b));
   (d) loader:  the training loader alone (images decoded and augmented per second), per worker count.
+With `--set INPUT.AUGMENT_ON device` the batches of (a) and (b) hold uint8 images and augmentation parameters, and
+(a) and (b) include the augmentation on the device; (d) is then the loaders' share alone (decode or cache read,
+resize, parameter draws, collate). `--set DATALOADER.CACHE ram` caches the demo images before (c) and (d).
 Columns: images/s, ratio to the bare loop, host reads of tensor values per iteration by the engine's own code
 (the step's and handlers' synchronisations; on CUDA also torch's sync-debug count).
 
@@ -32,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from ignite.engine import Engine, Events  # noqa: E402
 
 from config import load_config  # noqa: E402
+from data.build import release_workers  # noqa: E402
 from engine.handlers.graceful_stop import GracefulStop, SignalWatch  # noqa: E402
 from engine.methods import build_method  # noqa: E402
 from engine.run.seeding import seed_everything  # noqa: E402
@@ -161,6 +165,8 @@ def bare_loop(run, batches: InMemoryBatches, epochs: int) -> float:
 
     def one_epoch():
         for batch in batches:
+            if run.augment is not None:  # INPUT.AUGMENT_ON device: the batch holds uint8 images and parameters
+                batch = run.augment(batch)
             solver.zero_grad()
             with precision.autocast():
                 outputs = model(batch["image"])
@@ -238,6 +244,7 @@ def main() -> None:
     parser.add_argument("--cases", default="all", help="comma-separated case numbers (1-3) or 'all'")
     parser.add_argument("--data-root", default=str(ROOT / "datasets"))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY VALUE", help="pairs for every case")
+    parser.add_argument("--loader-only", action="store_true", help="measure (d) alone")
     args = parser.parse_args()
     if len(args.set) % 2:
         parser.error("--set takes KEY VALUE pairs")
@@ -252,33 +259,37 @@ def main() -> None:
             keys = {**keys, **(cpu_keys if cpu_preset else {}), **extra}
             cfg = case_config(keys, args, Path(folder) / f"case{number}")
             seed_everything(cfg.SEED)
-            run = build_run(cfg, Path(folder) / f"case{number}")
-            real_loader = run.data.train_loader
-            batches = InMemoryBatches(real_loader, args.iterations, device)
-            bare = bare_loop(run, batches, args.epochs)
-            step, step_reads, step_syncs = engine_run(build_run(cfg, Path(folder) / f"b{number}"), batches,
-                                                      args.epochs, reads)  # fmt: skip
-            full_run = build_run(cfg, Path(folder) / f"c{number}")
-            disk = FirstBatches(full_run.data.train_loader, args.iterations)
-            full, full_reads, full_syncs = engine_run(full_run, disk, args.epochs, reads)
             size = "x".join(str(v) for v in cfg.INPUT.SIZE_TRAIN)
-            label = f"{cfg.MODEL.NAME} {size} b{cfg.SOLVER.IMS_PER_BATCH}"
-            rows.append((f"{name}: {label}", "(a) bare loop", bare, 1.0, "-", "-"))
-            rows.append(("", "(b) engine step", step, step / bare, f"{step_reads:.2f}", f"{step_syncs:.2f}"))
-            rows.append(("", f"(c) full engine, {args.workers} workers", full, full / bare, f"{full_reads:.2f}",
-                         f"{full_syncs:.2f}"))  # fmt: skip
+            label = f"{name}: {cfg.MODEL.NAME} {size} b{cfg.SOLVER.IMS_PER_BATCH}"
+            bare = None
+            if not args.loader_only:
+                run = build_run(cfg, Path(folder) / f"case{number}")
+                real_loader = run.data.train_loader
+                batches = InMemoryBatches(real_loader, args.iterations, device)
+                bare = bare_loop(run, batches, args.epochs)
+                step, step_reads, step_syncs = engine_run(build_run(cfg, Path(folder) / f"b{number}"), batches,
+                                                          args.epochs, reads)  # fmt: skip
+                full_run = build_run(cfg, Path(folder) / f"c{number}")
+                disk = FirstBatches(full_run.data.train_loader, args.iterations)
+                full, full_reads, full_syncs = engine_run(full_run, disk, args.epochs, reads)
+                rows.append((label, "(a) bare loop", bare, 1.0, "-", "-"))
+                rows.append(("", "(b) engine step", step, step / bare, f"{step_reads:.2f}", f"{step_syncs:.2f}"))
+                rows.append(("", f"(c) full engine, {args.workers} workers", full, full / bare, f"{full_reads:.2f}",
+                             f"{full_syncs:.2f}"))  # fmt: skip
             for workers in (int(w) for w in args.loader_workers.split(",")):
                 loader_cfg = case_config({**keys, "DATALOADER.NUM_WORKERS": str(workers)}, args, Path(folder) / "d")
                 loader_run = build_run(loader_cfg, Path(folder) / f"d{number}_{workers}")
                 speed = loader_alone(loader_run.data.train_loader, args.iterations * args.epochs)
-                rows.append(("", f"(d) loader alone, {workers} workers", speed, speed / bare, "-", "-"))
+                release_workers(loader_run.data.train_loader)
+                rows.append(("" if bare else label, f"(d) loader alone, {workers} workers", speed,
+                             speed / bare if bare else None, "-", "-"))  # fmt: skip
     precision = "fp16" if args.amp == "auto" and device.type == "cuda" else args.amp
     print(f"\n{device}, precision {precision}, torch {torch.__version__}; {args.iterations} batches per timed epoch "
           f"of (a)/(b), {args.epochs} timed epochs after a warm-up one; {extra or 'default switches'}\n")  # fmt: skip
     print("| case | measured | images/s | vs bare loop | host reads / iteration | CUDA syncs / iteration |")
     print("|---|---|---|---|---|---|")
     for case, what, speed, ratio, host, syncs in rows:
-        print(f"| {case} | {what} | {speed:.1f} | {ratio:.2f}x | {host} | {syncs} |")
+        print(f"| {case} | {what} | {speed:.1f} | {'-' if ratio is None else f'{ratio:.2f}x'} | {host} | {syncs} |")
 
 
 if __name__ == "__main__":

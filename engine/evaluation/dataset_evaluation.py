@@ -7,6 +7,7 @@ restores the dataset order and ranks on every rank, so all ranks report the same
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import ignite.distributed as idist
 import torch
@@ -17,17 +18,26 @@ from torch import nn
 
 from config.choices import DIST_METRICS, NECK_FEATS, YES_NO
 from config.errors import check_choice
+from data.device_augment import build_eval_preprocess
 from engine.evaluation.protocol import EvalSpec, evaluate_embeddings
+from engine.evaluation.reid_metrics import uses_compiled_kernel
 from engine.run.precision import Precision
 
 
 def build_extractor(
-    model: nn.Module, precision: Precision, device: torch.device, neck_feat: str, flip: str = "no"
+    model: nn.Module,
+    precision: Precision,
+    device: torch.device,
+    neck_feat: str,
+    flip: str = "no",
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Engine:
     """An Engine whose output per batch is the embedding (fp32) with labels, cameras and dataset indices.
 
     flip 'yes' (TEST.FLIP): the embedding, and the uncertainty offset of a model with NAMA's head, is the mean
     of those of the image and of its horizontal mirror; normalisation (TEST.FEAT_NORM) comes later, in the metric.
+    `preprocess`: applied to the images on the device first (INPUT.AUGMENT_ON device: the loader sends uint8
+    images, data/device_augment.py::build_eval_preprocess normalises them there).
     """
     check_choice("TEST.NECK_FEAT", neck_feat, NECK_FEATS)
     check_choice("TEST.FLIP", flip, YES_NO)
@@ -42,6 +52,8 @@ def build_extractor(
     def step(engine: Engine, batch: dict) -> dict:
         model.eval()
         images = batch["image"].to(device, non_blocking=True)
+        if preprocess is not None:
+            images = preprocess(images)
         feats, uc = embed(images)
         if flip == "yes":
             # a second pass rather than one batch of twice the size: the same peak memory as without flip
@@ -143,7 +155,9 @@ def build_evaluator(
 ) -> tuple[Engine, EmbeddingMetric]:
     """Extractor engine with the EmbeddingMetric of `spec` attached as 'eval' (its keys also land in state.metrics)."""
     check_choice("TEST.FEAT_NORM", cfg.TEST.FEAT_NORM, YES_NO)
-    evaluator = build_extractor(model, precision, device, cfg.TEST.NECK_FEAT, cfg.TEST.FLIP)
+    evaluator = build_extractor(
+        model, precision, device, cfg.TEST.NECK_FEAT, cfg.TEST.FLIP, preprocess=build_eval_preprocess(cfg)
+    )
     metric = EmbeddingMetric(
         spec, feat_norm=cfg.TEST.FEAT_NORM == "yes", device=device, keep_embeddings=keep_embeddings
     )
@@ -162,11 +176,19 @@ class DatasetEvaluation:
         self.spec = build_eval_spec(cfg, eval_set.splits)
         self.splits = eval_set.splits
         self.loader = eval_set.loader
+        self.device = torch.device(device)
         self.engine, self.metric = build_evaluator(cfg, model, precision, device, self.spec, keep_embeddings)
 
     def run(self) -> dict:
         """Embed and score; returns {'dataset', 'protocol', 'eval_seconds', **metrics}."""
         start = time.perf_counter()
+        if self.spec.protocol == "reid" and any(
+            uses_compiled_kernel(len(query), len(gallery), self.device, self.spec.chunk_size)
+            for query, gallery in self.spec.trials
+        ):
+            from engine.evaluation.match_count_kernel import preload_kernel  # numba: imported when it is used
+
+            preload_kernel()  # loads while the features are extracted
         self.engine.run(self.loader)
         metrics = self.engine.state.metrics["eval"]
         return {

@@ -3,7 +3,7 @@ and one line in METHODS; its own keys live under METHOD.<NAME> in config/default
 
 from __future__ import annotations
 
-from config.errors import check_choice
+from config.errors import ConfigError, check_choice
 from engine.methods.base import Run, TrainingMethod
 from engine.methods.dc.method import DivideAndConquer
 from engine.methods.ddtas import DDTASMethod
@@ -34,9 +34,14 @@ RUN_STATE_NAMES = (
 
 
 def check_method(cfg) -> None:
-    """SOLVER.METHOD names a registered method (else one line listing the valid ones); train() asks before
-    anything is built."""
+    """SOLVER.METHOD names a registered method (else one line listing the valid ones) that can train under
+    INPUT.AUGMENT_ON; train() asks before anything is built."""
     check_choice("SOLVER.METHOD", cfg.SOLVER.METHOD, tuple(METHODS))
+    if cfg.INPUT.AUGMENT_ON == "device" and not METHODS[cfg.SOLVER.METHOD].supports_device_augment:
+        raise ConfigError(
+            f"SOLVER.METHOD {cfg.SOLVER.METHOD!r} feeds the model image batches that skip the device augmentation; "
+            "expected INPUT.AUGMENT_ON cpu with it"
+        )
 
 
 def build_method(cfg, run: Run) -> TrainingMethod:

@@ -48,6 +48,9 @@ class Run:
     output_dir: Path
     reseeders: list[Reseeder] = field(default_factory=list)
     channels_last: bool = False  # image batches go to the device in the channels-last format
+    # INPUT.AUGMENT_ON device: the training pipeline's device half (data/device_augment.py), which turns a batch's
+    # uint8 images and augmentation parameters into the float images; None when the loader made them
+    augment: Callable[[dict], dict] | None = None
 
     def replace_train_loader(self, loader) -> None:
         """Train from `loader` instead of the one build_data made (a method that batches otherwise, e.g. by
@@ -57,16 +60,18 @@ class Run:
 
     def to_device(self, batch: dict) -> dict:
         """The batch's tensors on the run's device (non-blocking from pinned memory; image batches channels-last
-        when the model is); other values as they are."""
+        when the model is); other values as they are. With `augment` (INPUT.AUGMENT_ON device), the uint8 images
+        cross as they are and are augmented there, into the channels-last format when the model is in it."""
+        augment = self.augment
         moved = {}
         for key, value in batch.items():
             if not isinstance(value, torch.Tensor):
                 moved[key] = value
-            elif self.channels_last and value.dim() == 4:
+            elif self.channels_last and value.dim() == 4 and augment is None:
                 moved[key] = value.to(self.device, non_blocking=True, memory_format=torch.channels_last)
             else:
                 moved[key] = value.to(self.device, non_blocking=True)
-        return moved
+        return moved if augment is None else augment(moved)
 
 
 class TrainingMethod:
@@ -88,12 +93,17 @@ class TrainingMethod:
       accumulators must not reset then (their values come back through checkpoint_state()).
     - The training loader's length is read after the method's EPOCH_STARTED handlers: a method may re-plan each
       epoch there (a new sampler assignment), epochs of different lengths included.
+    - `supports_device_augment`: True when every image batch the method feeds the model goes through
+      `run.to_device` (or `run.augment`); otherwise INPUT.AUGMENT_ON device is refused in one line naming it.
     - `stat_names`: epoch statistics the method leaves in `trainer.state.metrics` at EPOCH_COMPLETED (e.g. the
       optimizer steps taken); they are logged, written to train_metrics.jsonl and to TensorBoard.
     """
 
     name: str = ""
     stat_names: tuple[str, ...] = ()
+    # Whether every image batch the method feeds the model passes Run.to_device or Run.augment, so that it may
+    # train under INPUT.AUGMENT_ON device (a method that reads raw batches otherwise leaves it False: refused)
+    supports_device_augment: bool = False
 
     def __init__(self, run: Run):
         self.run = run

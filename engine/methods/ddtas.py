@@ -86,6 +86,7 @@ class DDTASMethod(TrainingMethod):
     """SOLVER.METHOD ddtas (see the module docstring); its keys are METHOD.DDTAS.*."""
 
     name = "ddtas"
+    supports_device_augment = True
     stat_names = STAT_NAMES
 
     def __init__(self, run: Run):
@@ -148,7 +149,7 @@ class DDTASMethod(TrainingMethod):
             feats = outputs["feat"].float()
             sim = normalized_similarities(feats)
             pos_keep, neg_keep, _ = self.loss.mine(sim, *label_masks(batch["label"]))
-            val_images, val_labels = self.validation.next(run.device)
+            val_images, val_labels = self.validation.next(run.device, run.augment)
             val_loss = self._validation_loss(val_labels)
             rates = virtual_step_rates(run.solver.main, run.model)
             thresholds, weights = self.loss.thresh, None

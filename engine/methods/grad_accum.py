@@ -42,6 +42,7 @@ class GradientAccumulation(TrainingMethod):
     """
 
     name = "grad_accum"
+    supports_device_augment = True
     stat_names = ("optimizer_steps", "optimizer_steps_total")
 
     def __init__(self, run: Run):

@@ -100,6 +100,7 @@ class MMSIMethod(TrainingMethod):
     """SOLVER.METHOD mmsi (see the module docstring); its keys are METHOD.MMSI.*. One process only."""
 
     name = "mmsi"
+    supports_device_augment = True
     stat_names = STAT_NAMES
 
     def __init__(self, run: Run):
@@ -141,7 +142,8 @@ class MMSIMethod(TrainingMethod):
             if not self.warm:
                 self._count("mmsi_skipped_warmup")
                 return output
-            val_images, val_labels = self.validation.next(run.device)  # how many were drawn is checkpointed
+            # how many were drawn is checkpointed
+            val_images, val_labels = self.validation.next(run.device, run.augment)
             sim = normalized_similarities(feats)
             pos_keep, neg_keep = self.loss.mine(sim, *label_masks(labels))
             result = raw_weight_gradient(

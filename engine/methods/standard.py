@@ -55,6 +55,7 @@ class StandardMethod(TrainingMethod):
     one step of every optimizer; the output is {'loss': total, **loss parts} (detached tensors)."""
 
     name = "standard"
+    supports_device_augment = True
 
     def process_function(self) -> Callable[[Engine, dict], dict]:
         run = self.run

@@ -7,10 +7,11 @@ Honoured keys fall in four kinds:
 - schedule: steps, gamma, warm-up, the scheduler itself: the schedulers are rebuilt from the new values at the
   checkpoint's epoch, and the learning rates set to what the new schedule gives for the next epoch;
 - read each epoch or at the end: MAX_EPOCHS, periods, warm epochs, gradient clipping, evaluation, logging;
-- where things are (DATASETS.ROOT_DIR, OUTPUT_DIR, MODEL.DEVICE, workers, the image check) or what only builds
-  the starting weights, which the checkpoint replaces (MODEL.PRETRAIN_*).
+- where things are (DATASETS.ROOT_DIR, OUTPUT_DIR, MODEL.DEVICE, workers, the image check, the image cache) or
+  what only builds the starting weights, which the checkpoint replaces (MODEL.PRETRAIN_*).
 Every other key changes the model, the loss's parameters, the data or the batches (SEED included): a
-checkpoint of one run cannot continue as another, so a change is refused.
+checkpoint of one run cannot continue as another, so a change is refused. INPUT.AUGMENT_ON is one of them: device
+augmentation resizes retrieval crops without PIL's antialiasing, so its images are not the CPU pipeline's.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ WHERE_KEYS = (
     "DATALOADER.NUM_WORKERS",
     "DATALOADER.CHECK_IMAGES",
     "DATALOADER.BAD_IMAGES",
+    "DATALOADER.CACHE",  # where the decoded images come from: the same pixels either way
 )
 # every key under these nodes is honoured: evaluation and logging are rebuilt from the config on resume
 HONOURED_NODES = ("TEST.", "LOG.")

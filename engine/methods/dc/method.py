@@ -37,6 +37,7 @@ from ignite.engine import Engine, Events
 
 from config.errors import ConfigError
 from data.build import build_eval_loader, training_loader
+from data.device_augment import build_eval_preprocess
 from engine.handlers.epoch_clock import batches_done_in_epoch
 from engine.methods.base import Run, TrainingMethod
 from engine.methods.dc.clustering import (
@@ -117,6 +118,7 @@ class DivideAndConquer(TrainingMethod):
     masks' mean pairwise cosine, before lambda), `backbone_frozen` and `full_embedding` (0/1)."""
 
     name = "dc"
+    supports_device_augment = True
     stat_names = ("clusters", "orthogonality", "backbone_frozen", "full_embedding")
 
     def __init__(self, run: Run):
@@ -137,7 +139,15 @@ class DivideAndConquer(TrainingMethod):
         )
         run.replace_train_loader(training_loader(cfg, run.data.train_loader.dataset, self.sampler))
         # rank 0 embeds the whole training set (then clusters it and broadcasts the assignment)
-        self.feature_loader = build_eval_loader(cfg, records, run.data.train_protocol, shard=False)
+        self.feature_loader = build_eval_loader(
+            cfg,
+            records,
+            run.data.train_protocol,
+            shard=False,
+            name="training set (test transform, to cluster)",
+            cache=run.data.train_loader.dataset.cache,  # the same images, when it holds what the test transform reads
+        )
+        self.preprocess = build_eval_preprocess(cfg)
         first_k = self.keys.NB_CLUSTERS if self.flat else 1
         self.masks = LearnerMasks(
             run.model.feat_dim,
@@ -197,7 +207,9 @@ class DivideAndConquer(TrainingMethod):
         assignment = torch.zeros(len(self.classes), dtype=torch.int64)
         if idist.get_rank() == 0:
             started = time.perf_counter()
-            features = pooled_features(self.run.model, self.feature_loader, self.run.precision, self.run.device)
+            features = pooled_features(
+                self.run.model, self.feature_loader, self.run.precision, self.run.device, self.preprocess
+            )
             seconds["features"] = time.perf_counter() - started
             started = time.perf_counter()
             found = recluster(
