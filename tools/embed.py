@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Embed images with a trained model, as test.py embeds them, into a features file (.npz).
 
-    python tools/embed.py --config_file configs/bot_market.yml TEST.WEIGHT logs/market/best.pt \\
+    python tools/embed.py --config_file configs/softmax_triplet.yml TEST.WEIGHT logs/market/best.pt \\
         --images photos/ --output feats.npz [--batch-size 64] [--workers 4]
     python tools/embed.py --config_file X TEST.WEIGHT ck.pt --images list.csv --output feats.npz
     python tools/embed.py --config_file X TEST.WEIGHT ck.pt --images market1501:gallery --output gallery.npz
