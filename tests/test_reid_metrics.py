@@ -530,3 +530,14 @@ def test_cuda_matches_cpu():
     assert cpu["mAP"] == gpu["mAP"] and cpu["mINP"] == gpu["mINP"]
     for k in ("ap", "inp", "first_match_rank", "valid"):
         np.testing.assert_array_equal(cpu["per_query"][k], gpu["per_query"][k])
+
+
+def test_the_kernel_loaded_ahead_is_the_one_a_ranking_calls():
+    # An evaluation loads the kernel while it extracts (match_count_kernel.preload_kernel): the types it compiles
+    # for must be those of the real call, or the ranking would compile a second version on the spot.
+    from engine.evaluation import match_count_kernel
+
+    match_count_kernel.load_kernel()
+    qf, gf, qp, gp, qc, gc = _random_problem(4, quantize=True)
+    reid_metrics(torch.from_numpy(qf), torch.from_numpy(gf), qp, gp, qc, gc, counting="compiled")
+    assert len(match_count_kernel._count_before.signatures) == 1

@@ -25,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config import UserError, load_config  # noqa: E402
 from engine.inference.embedding import ImageEmbedder, save_features  # noqa: E402
 from engine.inference.image_sources import resolve_image_source  # noqa: E402
-from engine.reporting.run_files import DiskWriteError  # noqa: E402
-from engine.run.cli import parse_command_line, user_message  # noqa: E402
+from engine.run.cli import exit_status, parse_command_line  # noqa: E402
 
 DESCRIPTION = "Embed a folder, a CSV list or a dataset split with a trained model into a features file."
 
@@ -76,18 +75,7 @@ def embed(argv: list[str] | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    try:
-        embed(argv)
-    except UserError as error:
-        print(f"error: {user_message(error)}", file=sys.stderr)
-        return 2
-    except DiskWriteError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return exit_status(lambda: embed(argv))
 
 
 if __name__ == "__main__":

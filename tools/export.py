@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import UserError, load_config  # noqa: E402 (after the path of the repository)
 from engine.inference.onnx_export import DEFAULT_TOLERANCE, export_model  # noqa: E402
-from engine.run.cli import user_message  # noqa: E402
+from engine.run.cli import exit_status  # noqa: E402
 from engine.run.output_dir import LOG_FORMAT  # noqa: E402
 
 
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stdout)
     for chatty in ("onnx_ir", "onnxscript"):  # the exporter's optimizer logs each of its passes at INFO
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    try:
+
+    def run() -> None:
         args = parse_arguments(argv)
         cfg = load_config(args.config_file, args.opts)
         export_model(
@@ -66,13 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             check_images=args.check_images,
             tolerance=args.tolerance,
         )
-    except UserError as error:
-        print(f"error: {user_message(error)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 130
-    return 0
+
+    return exit_status(run, "interrupted; nothing was written")
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ from config import UserError, load_config  # noqa: E402
 from engine.inference.embedding import Embeddings, ImageEmbedder, load_features  # noqa: E402
 from engine.inference.gallery_index import INDEX_KINDS, GalleryIndex, Hits  # noqa: E402
 from engine.inference.image_sources import resolve_image_source  # noqa: E402
-from engine.reporting.run_files import DiskWriteError, atomic_write_text  # noqa: E402
-from engine.run.cli import parse_command_line, user_message  # noqa: E402
+from engine.reporting.run_files import atomic_write_text  # noqa: E402
+from engine.run.cli import exit_status, parse_command_line  # noqa: E402
 
 DESCRIPTION = "Build a faiss gallery index from a features file, or search one."
 RECALL_QUERIES = 1000
@@ -176,18 +176,7 @@ def run(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    try:
-        run(argv)
-    except UserError as error:
-        print(f"error: {user_message(error)}", file=sys.stderr)
-        return 2
-    except DiskWriteError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return exit_status(lambda: run(argv))
 
 
 if __name__ == "__main__":

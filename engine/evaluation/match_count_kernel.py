@@ -137,13 +137,14 @@ def count_before_matches(
 
 
 def load_kernel() -> None:
-    """Compile the kernel, or load it from numba's on-disk cache (about half a second per process, several
-    seconds the first time), by running it on a tiny problem of the real dtypes and layout."""
+    """Compile the kernel for the argument types count_before_matches passes, or load it from numba's on-disk
+    cache (about half a second per process, several seconds the first time). Compiling runs nothing: a load in a
+    background thread never launches the parallel kernel beside a call of the main thread (numba's workqueue
+    threading layer, used where no OpenMP is found, refuses concurrent launches)."""
     dist = np.zeros((1, 2), dtype=np.float32)
-    one = np.zeros(1, dtype=np.int64)
-    _count_before(
-        dist, dist.view(np.int32), one, np.ones(2, dtype=np.int64), np.array([0, 1]), dist[0, :1], one, one.copy()
-    )
+    ids = np.zeros(1, dtype=np.int64)
+    arguments = (dist, dist.view(np.int32), ids, ids, ids, dist[0], ids, ids)
+    _count_before.compile(tuple(numba.typeof(argument) for argument in arguments))
 
 
 _preload_lock = threading.Lock()

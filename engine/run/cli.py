@@ -81,10 +81,43 @@ def killed_worker_message(error: RuntimeError) -> str | None:
     )
 
 
+def exit_status(job: Callable[[], object], interrupted: str = "interrupted") -> int:
+    """Run `job()` and return the process's exit status: 0, or, for what a user can cause, 2 (130 for Ctrl-C;
+    a run stopped by a signal carries its own) after one line on stderr: a UserError, a write the disk refused,
+    a DataLoader worker killed by a signal. Anything else propagates with its traceback (a bug)."""
+    try:
+        job()
+    except UserError as error:
+        print(f"error: {user_message(error)}", file=sys.stderr)
+        return getattr(error, "exit_code", 2)  # a run stopped by a signal exits 143 / 130
+    except DiskWriteError as error:
+        print(f"error: {error}; files written before are intact", file=sys.stderr)
+        return 2
+    except OSError as error:
+        # a write outside the run's own writers (TensorBoard, a picture) that the disk refused: one line too
+        if error.errno not in WRITE_FAILURE_REASONS:
+            raise
+        print(
+            f"error: {DiskWriteError(error.filename or '?', error)}; files written before are intact", file=sys.stderr
+        )
+        return 2
+    except RuntimeError as error:
+        message = killed_worker_message(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
+    return 0
+
+
 def run_entry_point(job: Callable, description: str, with_resume: bool) -> None:
     """Parse the command line, load the config, run `job(cfg, args)` in the process group; exit 2 on a
-    user error with one line on stderr."""
-    try:
+    user error with one line on stderr (exit_status)."""
+
+    def parse_and_run() -> None:
         args = parse_command_line(description, with_resume)
         cfg = load_config(args.config_file, args.opts)
         backend = _backend()
@@ -93,26 +126,7 @@ def run_entry_point(job: Callable, description: str, with_resume: bool) -> None:
         else:
             with idist.Parallel(backend=backend) as parallel:
                 parallel.run(lambda local_rank: job(cfg, args))
-    except UserError as error:
-        print(f"error: {user_message(error)}", file=sys.stderr)
-        sys.exit(getattr(error, "exit_code", 2))  # a run stopped by a signal exits 143 / 130
-    except DiskWriteError as error:
-        print(f"error: {error}; files written before are intact", file=sys.stderr)
-        sys.exit(2)
-    except OSError as error:
-        # a write outside the run's own writers (TensorBoard, a picture) that the disk refused: one line too
-        if error.errno not in WRITE_FAILURE_REASONS:
-            raise
-        print(
-            f"error: {DiskWriteError(error.filename or '?', error)}; files written before are intact", file=sys.stderr
-        )
-        sys.exit(2)
-    except RuntimeError as error:
-        message = killed_worker_message(error)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; checkpoints written so far are kept", file=sys.stderr)
-        sys.exit(130)
+
+    status = exit_status(parse_and_run, "interrupted; checkpoints written so far are kept")
+    if status:
+        sys.exit(status)
