@@ -140,6 +140,7 @@ def _extract(name: str, device: str, batches: int, threads: int, full_size: bool
     extractor's host reads in the whole run (counted around the tensor reads made by the engine's own files)."""
     import numpy as np
     import torch
+    from benchmark_train import HostReads  # a sibling script: tools/ is on the path of a script run from it
 
     from config import load_config
     from engine.evaluation.dataset_evaluation import build_evaluator
@@ -186,44 +187,13 @@ def _extract(name: str, device: str, batches: int, threads: int, full_size: bool
     bare()
     _sync(device)
     bare_seconds = time.perf_counter() - start
-    reads = _HostReads()
-    with reads:
+    with HostReads() as reads:  # tools/benchmark_train.py's counter of the engine's host reads
+        reads.active = True
         start = time.perf_counter()
         evaluator.run(data)
         _sync(device)
         engine_seconds = time.perf_counter() - start
     out.put((items / bare_seconds, items / engine_seconds, reads.count, f"{cfg.MODEL.NAME} {size}"))
-
-
-class _HostReads:
-    """Counts the host reads of tensor values (item, tolist, bool, float, int, numpy) made by the engine's files."""
-
-    NAMES = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy")
-
-    def __init__(self):
-        root = Path(__file__).resolve().parents[1]
-        self.parts = tuple(str(root / part) for part in ("engine", "layers", "data", "modeling"))
-        self.count, self._originals = 0, {}
-
-    def __enter__(self):
-        import torch
-
-        for name in self.NAMES:
-            original = self._originals[name] = getattr(torch.Tensor, name)
-
-            def counted(tensor, *args, _original=original, **kwargs):
-                if sys._getframe(1).f_code.co_filename.startswith(self.parts):
-                    self.count += 1
-                return _original(tensor, *args, **kwargs)
-
-            setattr(torch.Tensor, name, counted)
-        return self
-
-    def __exit__(self, *exc):
-        import torch
-
-        for name, original in self._originals.items():
-            setattr(torch.Tensor, name, original)
 
 
 def _spin() -> None:
@@ -233,7 +203,8 @@ def _spin() -> None:
         value = value * 1.0000001 % 1e6
 
 
-def _in_child(target, *args):
+def in_child(target, *args):
+    """target(*args, queue) in a fresh spawned process; what it puts in the queue (peaks and timings do not mix)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(*args, queue))
@@ -287,8 +258,8 @@ def _measure(args, cases: list[str]) -> None:
     for case in cases:
         q, g, d = CASES[case][:3]
         chunk = args.chunk or (256 if CASES[case][5] == "reid" else 1024)
-        floor = min(_in_child(_floor, case, args.device, chunk, args.threads) for _ in range(args.repeats))
-        runs = [_in_child(_evaluate, case, args.device, chunk, args.threads) for _ in range(args.repeats)]
+        floor = min(in_child(_floor, case, args.device, chunk, args.threads) for _ in range(args.repeats))
+        runs = [in_child(_evaluate, case, args.device, chunk, args.threads) for _ in range(args.repeats)]
         seconds, peak, gpu_peak, summary, load_seconds = min(runs)
         size = f"{q} x {g if g else q} x {d}" + ("" if g else " (q = g)")
         print(
@@ -306,7 +277,7 @@ def _measure_extraction(args) -> None:
     print("|" + "---|" * 6)
     for name in EXTRACTION_CASES:
         runs = [
-            _in_child(_extract, name, args.device, args.extract_batches, args.threads, args.full_size)
+            in_child(_extract, name, args.device, args.extract_batches, args.threads, args.full_size)
             for _ in range(args.repeats)
         ]
         bare, engine, reads, model = max(runs, key=lambda run: run[1])

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing as mp
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmark_eval import in_child  # noqa: E402  (a sibling script: fresh processes per measurement)
 
 # name: (title, KEY VALUE pairs as the recipes export)
 CASES = {
@@ -96,16 +97,6 @@ def _measure(name: str, batch: int, repeats: int, threads: int, out) -> None:
              torch_rate, ort_rate, diff))  # fmt: skip
 
 
-def _in_child(*args):
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(*args, queue))
-    proc.start()
-    value = queue.get()
-    proc.join()
-    return value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
@@ -125,8 +116,8 @@ def main() -> None:
     )
     print("|" + "---|" * 10)
     for name in cases:
-        title, model, exporter, seconds, total, size_mb, torch_rate, ort_rate, diff = _in_child(
-            name, args.batch, args.repeats, args.threads
+        title, model, exporter, seconds, total, size_mb, torch_rate, ort_rate, diff = in_child(
+            _measure, name, args.batch, args.repeats, args.threads
         )
         print(
             f"| {title} | {model} | {exporter} | {seconds:.1f} | {total:.1f} | {size_mb:.1f} | {torch_rate:.1f} | "

@@ -30,6 +30,7 @@ from engine.inference.gallery_index import (  # noqa: E402
     HNSW_M,
     GalleryIndex,
     default_nlist,
+    recall_of,
 )
 
 
@@ -88,20 +89,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     rows = []
     exact, build_s = timed(lambda: GalleryIndex.build(gallery, kind="exact"))
-    _, query_s = timed(lambda: exact.search(queries, args.k))
+    exact_hits, query_s = timed(lambda: exact.search(queries, args.k))
     rows.append(("exact", "flat", build_s, query_s, 1.0))
-    ivf, build_s = timed(lambda: GalleryIndex.build(gallery, kind="ivf"))
-    for nprobe in args.nprobe:
-        ivf.set_search_params(nprobe=nprobe)
-        _, query_s = timed(lambda: ivf.search(queries, args.k))
-        recall = ivf.recall_against_exact(queries, args.k)
-        rows.append(("ivf", f"nlist {default_nlist(args.items)}, nprobe {nprobe}", build_s, query_s, recall))
-    hnsw, build_s = timed(lambda: GalleryIndex.build(gallery, kind="hnsw"))
-    for ef_search in args.ef_search:
-        hnsw.set_search_params(ef_search=ef_search)
-        _, query_s = timed(lambda: hnsw.search(queries, args.k))
-        recall = hnsw.recall_against_exact(queries, args.k)
-        rows.append(("hnsw", f"M {HNSW_M}, efSearch {ef_search}", build_s, query_s, recall))
+    approximate = (
+        (
+            "ivf",
+            args.nprobe,
+            lambda value: {"nprobe": value},
+            lambda value: f"nlist {default_nlist(args.items)}, nprobe {value}",
+        ),
+        ("hnsw", args.ef_search, lambda value: {"ef_search": value}, lambda value: f"M {HNSW_M}, efSearch {value}"),
+    )
+    for kind, values, params, described in approximate:
+        index, build_s = timed(lambda kind=kind: GalleryIndex.build(gallery, kind=kind))
+        for value in values:
+            index.set_search_params(**params(value))
+            hits, query_s = timed(lambda index=index: index.search(queries, args.k))
+            rows.append((kind, described(value), build_s, query_s, recall_of(hits.indices, exact_hits.indices)))
 
     header = f"| kind  | parameters                | build s | query s | queries/s | recall@{args.k} |"
     print(header)

@@ -266,8 +266,7 @@ class GalleryIndex:
         exact_index = _flat_index(self.space, self.dim)
         exact_index.add(self.stored_vectors())
         _, exact = exact_index.search(matrix, min(k, len(self)))
-        found = sum(len(set(a[a >= 0].tolist()) & set(e.tolist())) for a, e in zip(approximate, exact))
-        return found / exact.size
+        return recall_of(approximate, exact)
 
     # ------------------------------------------------------------------------------------------------ files
     def save(self, path: str | Path) -> Path:
@@ -324,6 +323,13 @@ class GalleryIndex:
         gallery = cls(index, kind, space, dist_metric, paths, sidecar.get("labels"), identity)
         gallery.set_search_params(nprobe=sidecar.get("nprobe"), ef_search=sidecar.get("ef_search"))
         return gallery
+
+
+def recall_of(found: np.ndarray, exact: np.ndarray) -> float:
+    """recall@k of the (Q, k) gallery indices `found` against the exact top k `exact` (Q, k): the mean share of
+    each query's exact neighbours that were found (-1 entries, fewer than k found, count as misses)."""
+    hits = sum(len(set(f[f >= 0].tolist()) & set(e.tolist())) for f, e in zip(found, exact))
+    return hits / exact.size
 
 
 def _int_list(labels) -> list[int] | None:
