@@ -29,8 +29,7 @@ from tqdm import tqdm
 
 from config import load_config
 from config.errors import UserError
-from data.build import dataset_names, ignore_stop_signals
-from data.datasets import load_named_dataset
+from data.build import ignore_stop_signals
 from data.image_dataset import UnreadableImageError, read_image
 from data.transforms import build_transforms
 from engine.inference.image_sources import ImageSource
@@ -147,21 +146,14 @@ def _collate(items: list[dict]) -> dict:
 
 
 def embedding_protocol(cfg, source_protocol: str | None = None) -> str:
-    """The protocol whose test transform the images get: the image source's dataset's, else the protocol of the
-    first dataset of DATASETS.NAMES (the one the model trained on), read from DATASETS.ROOT_DIR when INPUT.TRANSFORM
-    is 'auto' (any other value names the pipeline itself)."""
+    """The protocol whose test transform the images get: the image source's dataset's, else the rule of the
+    exported file's metadata (export_metadata.py::evaluation_pipeline: INPUT.TRANSFORM, or when it is 'auto' the
+    protocol of the first evaluated dataset), so that tools/embed.py and an exported model see the same input."""
     if source_protocol is not None:
         return source_protocol
-    if cfg.INPUT.TRANSFORM != "auto":
-        return cfg.INPUT.TRANSFORM
-    name = dataset_names(cfg)[0]
-    try:
-        return load_named_dataset(cfg, name).protocol
-    except UserError as err:
-        raise UserError(
-            f"INPUT.TRANSFORM is 'auto', so the test transform follows the protocol of DATASETS.NAMES' dataset {name}, "
-            f"which cannot be read ({err}); set INPUT.TRANSFORM reid or retrieval"
-        ) from None
+    from engine.inference.export_metadata import evaluation_pipeline  # it imports this module: not at the top
+
+    return evaluation_pipeline(cfg)[0]
 
 
 class ImageEmbedder:
